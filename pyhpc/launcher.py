@@ -1,0 +1,183 @@
+"""Finding and wrapping the right ``mpiexec`` (``pyhpc run``).
+
+The same command line has to work under MPICH's Hydra and Open MPI 4 (ORTE)
+and 5 (PRRTE), as root in a container and with more ranks than cores; each
+launcher spells that differently. Python programs run under mpi4py's runner
+(``python -m mpi4py``) so that an uncaught exception on one rank calls
+MPI_Abort and ends the whole job instead of leaving the others hanging in a
+collective.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from . import settings
+from .errors import InvalidArgumentError, UnsupportedError
+
+# Python's own options that take a value (`-W error`, `-X dev`), for finding the
+# program among an interpreter's leading options.
+_PY_OPTS_WITH_VALUE = {"-W", "-X", "--check-hash-based-pycs"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Launcher:
+    path: str
+    flavor: str   # "mpich" (Hydra) or "openmpi"
+    version: str  # launcher's version, "5.0.2"
+
+    @property
+    def major(self) -> int:
+        match = re.match(r"\d+", self.version)
+        return int(match.group()) if match else 0
+
+
+def find_mpiexec() -> str:
+    """PYHPC_MPIEXEC, else the mpiexec beside this Python (a venv with an MPI wheel), else PATH."""
+    configured = settings.get("PYHPC_MPIEXEC")
+    if configured:
+        if not shutil.which(str(configured)):
+            raise InvalidArgumentError(f"PYHPC_MPIEXEC={configured!r} is not an executable")
+        return str(shutil.which(str(configured)))
+    beside = Path(sys.executable).parent / "mpiexec"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("mpiexec") or shutil.which("mpirun")
+    if not found:
+        raise InvalidArgumentError(
+            "no mpiexec found: install an MPI (pip install mpich) or set PYHPC_MPIEXEC")
+    return found
+
+
+def parse_version_output(text: str) -> tuple[str, str]:
+    """(flavor, version) from `mpiexec --version` output."""
+    match = re.search(r"HYDRA build details:.*?Version:\s*(\S+)", text, re.S)
+    if match:
+        return "mpich", match.group(1)
+    match = re.search(r"\((?:Open MPI|OpenRTE|PRRTE)\)\s*v?(\d[\w.]*)", text)
+    if match:
+        return "openmpi", match.group(1)
+    match = re.search(r"Open MPI v?(\d[\w.]*)", text)
+    if match:
+        return "openmpi", match.group(1)
+    raise UnsupportedError(
+        "cannot tell which MPI launcher this is (MPICH Hydra and Open MPI are supported); "
+        f"`mpiexec --version` said: {text.strip()[:200]!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def detect(path: str) -> Launcher:
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30,
+                             stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise InvalidArgumentError(f"cannot run {path} --version: {exc}") from None
+    flavor, version = parse_version_output(out.stdout + out.stderr)
+    return Launcher(path, flavor, version)
+
+
+def wrap_python(argv: Sequence[str]) -> list[str]:
+    """Run Python programs under mpi4py's runner, which aborts the job on an uncaught exception.
+
+    `prog.py args` -> `<this python> -m mpi4py prog.py args`;
+    `python [opts] (-c cmd | -m mod | prog.py) ...` -> `python [opts] -m mpi4py ...`.
+    Anything else is returned unchanged.
+    """
+    argv = list(argv)
+    if not argv:
+        raise InvalidArgumentError("program: nothing to run")
+    if argv[0].endswith(".py"):
+        return [sys.executable, "-m", "mpi4py", *argv]
+    if not re.fullmatch(r"python[\d.]*", Path(argv[0]).name):
+        return argv
+    i = 1
+    while i < len(argv) and argv[i].startswith("-") and argv[i] not in ("-c", "-m", "-"):
+        i += 2 if argv[i] in _PY_OPTS_WITH_VALUE else 1
+    if i < len(argv) - 1 and argv[i] == "-m" and argv[i + 1] == "mpi4py":
+        return argv  # already wrapped
+    if i >= len(argv):
+        return argv  # interactive interpreter: nothing to wrap
+    return [*argv[:i], "-m", "mpi4py", *argv[i:]]
+
+
+def build_command(nprocs: int, argv: Sequence[str], *, interpose: bool = False,
+                  launcher: Launcher | None = None, extra_args: Sequence[str] = (),
+                  environ: Mapping[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The mpiexec command line and environment that run `argv` on `nprocs` local ranks."""
+    if not isinstance(nprocs, int) or nprocs < 1:
+        raise InvalidArgumentError(f"nprocs must be a positive integer, got {nprocs!r}")
+    launcher = launcher or detect(find_mpiexec())
+    env = dict(os.environ if environ is None else environ)
+    cmd = [launcher.path, "-n", str(nprocs)]
+    preload = None
+    if interpose:
+        from .interpose import library_path
+
+        preload = str(library_path())
+        if env.get("LD_PRELOAD"):
+            preload = f"{preload}:{env['LD_PRELOAD']}"
+    if launcher.flavor == "openmpi":
+        if os.geteuid() == 0:
+            env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        if nprocs > (os.cpu_count() or 1):
+            if launcher.major >= 5:
+                env.setdefault("PRTE_MCA_rmaps_default_mapping_policy", ":oversubscribe")
+            else:
+                env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        # Open MPI forwards only its own variables to ranks; pass pyhpc's explicitly.
+        for name in sorted(env):
+            if name.startswith("PYHPC_"):
+                cmd += ["-x", name]
+        if preload:
+            cmd += ["-x", f"LD_PRELOAD={preload}"]
+    else:  # Hydra forwards the whole environment; it oversubscribes without asking.
+        if preload:
+            cmd += ["-genv", "LD_PRELOAD", preload]
+    cmd += list(extra_args)
+    cmd += wrap_python(argv)
+    return cmd, env
+
+
+def run(nprocs: int, argv: Sequence[str], *, interpose: bool = False, timeout: float | None = None,
+        extra_args: Sequence[str] = ()) -> int:
+    """Run `argv` on `nprocs` local ranks; return the job's exit status.
+
+    The job runs in its own process group, so a timeout or Ctrl-C ends every
+    rank, not only mpiexec. A timeout returns 124 (as timeout(1) does).
+    """
+    if timeout is None:
+        timeout = float(settings.get("PYHPC_RUN_TIMEOUT") or 0) or None
+    cmd, env = build_command(nprocs, argv, interpose=interpose, extra_args=extra_args)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"pyhpc run: job exceeded {timeout:g} s, killing it", file=sys.stderr)
+        _kill_group(proc)
+        return 124
+    except KeyboardInterrupt:
+        _kill_group(proc)
+        return 130
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
