@@ -7,6 +7,19 @@ needs neither a GPU nor cupy; GPU support loads lazily (:mod:`pyhpc.cuda`).
 
 from __future__ import annotations
 
+try:
+    from . import _core  # noqa: F401 - the compiled host core; fails first if pyhpc is not built
+except ImportError as exc:  # pragma: no cover - only reached from a source checkout
+    import pathlib as _pathlib
+
+    _here = _pathlib.Path(__file__).resolve().parent
+    if (_here.parent / "CMakeLists.txt").is_file():
+        raise ImportError(
+            f"pyhpc was imported from its source tree ({_here}), which holds no compiled "
+            f"modules. Install it (pip install .) and run from another directory, or use the "
+            f"`pytest` command rather than `python -m pytest` in the checkout.") from exc
+    raise
+
 from . import errors, settings
 from .errors import (
     AuthError,

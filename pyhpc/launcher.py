@@ -90,7 +90,8 @@ def wrap_python(argv: Sequence[str]) -> list[str]:
 
     `prog.py args` -> `<this python> -m mpi4py prog.py args`;
     `python [opts] (-c cmd | -m mod | prog.py) ...` -> `python [opts] -m mpi4py ...`.
-    Anything else is returned unchanged.
+    A bare `python`/`python3` means the interpreter pyhpc runs in (a venv need
+    not be activated). Anything else is returned unchanged.
     """
     argv = list(argv)
     if not argv:
@@ -99,6 +100,8 @@ def wrap_python(argv: Sequence[str]) -> list[str]:
         return [sys.executable, "-m", "mpi4py", *argv]
     if not re.fullmatch(r"python[\d.]*", Path(argv[0]).name):
         return argv
+    if argv[0] in ("python", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}"):
+        argv[0] = sys.executable
     i = 1
     while i < len(argv) and argv[i].startswith("-") and argv[i] not in ("-c", "-m", "-"):
         i += 2 if argv[i] in _PY_OPTS_WITH_VALUE else 1

@@ -2,6 +2,8 @@
 
 #include <mpi.h>
 
+#include <cstring>
+
 #include "common/mpi_check.hpp"
 
 namespace pyhpc {
@@ -28,7 +30,8 @@ std::string mpi_loaded_library_version() {
   char text[MPI_MAX_LIBRARY_VERSION_STRING];
   int len = 0;
   if (MPI_Get_library_version(text, &len) != MPI_SUCCESS) return "unknown";
-  return std::string(text, static_cast<size_t>(len));
+  // Some MPIs count the terminating NUL in len; stop at the first NUL.
+  return std::string(text, strnlen(text, static_cast<size_t>(len)));
 }
 
 pyhpc_status mpi_fail(int mpi_code, const char* call, const char* file, int line) {

@@ -1,0 +1,128 @@
+"""The `pyhpc` command: info, run, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from typing import Any, Sequence
+
+
+def collect_info() -> dict[str, Any]:
+    """What `pyhpc info` reports: versions, the MPI built against and loaded, CUDA, interposer."""
+    import numpy
+
+    import pyhpc
+    from . import _build_info, cuda, interpose, launcher, mpi_build
+
+    info: dict[str, Any] = {
+        "pyhpc": pyhpc.__version__,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+    }
+    try:
+        import mpi4py
+
+        info["mpi4py"] = mpi4py.__version__
+    except ImportError:
+        info["mpi4py"] = None
+    info["mpi_built_against"] = str(mpi_build.built())
+    info["mpi_c_compiler"] = _build_info.MPI_C_COMPILER
+    info["mpi_loaded"] = str(mpi_build.loaded())
+    from . import _core
+
+    info["mpi_loaded_library"] = _core.mpi_loaded_library_version().strip().splitlines()[0]
+    try:
+        mpiexec = launcher.detect(launcher.find_mpiexec())
+        info["mpiexec"] = f"{mpiexec.path} ({mpiexec.flavor} {mpiexec.version})"
+    except pyhpc.Error as exc:
+        info["mpiexec"] = f"not usable: {exc}"
+    info["cuda_built"] = cuda.built_with_cuda()
+    if cuda.built_with_cuda():
+        info["cuda_architectures"] = _build_info.CUDA_ARCHITECTURES
+        info["cuda_compiler"] = _build_info.CUDA_COMPILER_VERSION
+    info["cuda_devices"] = cuda.device_count()
+    cp = cuda.cupy()
+    info["cupy"] = getattr(cp, "__version__", None) if cp is not None else None
+    try:
+        info["interposer"] = str(interpose.library_path())
+    except pyhpc.Error as exc:
+        info["interposer"] = f"missing: {exc}"
+    return info
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    if args.settings_table:
+        from . import settings
+
+        print(settings.markdown_table())
+        return 0
+    info = collect_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        width = max(map(len, info))
+        for key, value in info.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import launcher
+
+    if not args.program:
+        print("pyhpc run: nothing to run (usage: pyhpc run -n N [--interpose] prog.py args...)",
+              file=sys.stderr)
+        return 2
+    return launcher.run(args.nprocs, args.program, interpose=args.interpose,
+                        timeout=args.timeout or None)
+
+
+def cmd_bench(argv: Sequence[str]) -> int:
+    from . import bench
+
+    return bench.main(list(argv))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyhpc", description="MPI/HPC middleware for Python")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_info = sub.add_parser("info", help="versions, MPI built against and loaded, CUDA, interposer")
+    p_info.add_argument("--json", action="store_true", help="print JSON")
+    p_info.add_argument("--settings-table", action="store_true",
+                        help="print the PYHPC_* settings as a Markdown table")
+
+    p_run = sub.add_parser("run", help="run a program on N local ranks with the right mpiexec")
+    p_run.add_argument("-n", "--nprocs", type=int, required=True, help="number of ranks")
+    p_run.add_argument("--interpose", action="store_true",
+                       help="LD_PRELOAD libpyhpc_interpose.so into every rank")
+    p_run.add_argument("--timeout", type=float, default=0.0,
+                       help="kill the whole job after this many seconds (default: PYHPC_RUN_TIMEOUT)")
+    p_run.add_argument("program", nargs=argparse.REMAINDER, help="prog.py args... or any command")
+
+    # `bench` parses its own options (pyhpc.bench.main); listed here for --help.
+    sub.add_parser("bench", help="benchmarks against their baselines (pyhpc bench --help)",
+                   add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        return cmd_bench(argv[1:])
+    args = build_parser().parse_args(argv)
+    import pyhpc
+
+    try:
+        if args.command == "info":
+            return cmd_info(args)
+        return cmd_run(args)
+    except pyhpc.Error as exc:
+        print(f"pyhpc {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

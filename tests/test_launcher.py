@@ -1,0 +1,121 @@
+"""`pyhpc run`: finding mpiexec, the flags each MPI needs, wrapping Python."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+import pyhpc
+from pyhpc import launcher
+from pyhpc.launcher import Launcher, build_command, parse_version_output, wrap_python
+
+HYDRA = "HYDRA build details:\n    Version:                                 4.0.2\n    Release Date: ..."
+OMPI4 = "mpiexec (OpenRTE) 4.1.4\n\nReport bugs to http://www.open-mpi.org/community/help/\n"
+OMPI5 = "mpiexec (Open MPI) 5.0.11\n\nReport bugs to https://www.open-mpi.org/community/help/\n"
+
+
+@pytest.mark.parametrize("text,expected", [
+    (HYDRA, ("mpich", "4.0.2")), (OMPI4, ("openmpi", "4.1.4")), (OMPI5, ("openmpi", "5.0.11")),
+])
+def test_parse_version_output(text, expected):
+    assert parse_version_output(text) == expected
+
+
+def test_unknown_launcher_is_a_clear_error():
+    with pytest.raises(pyhpc.UnsupportedError, match="MPICH Hydra and Open MPI"):
+        parse_version_output("srun 23.02")
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["prog.py", "a"], [sys.executable, "-m", "mpi4py", "prog.py", "a"]),
+    (["python", "-c", "x"], [sys.executable, "-m", "mpi4py", "-c", "x"]),
+    (["python3", "-u", "-W", "error", "s.py"], [sys.executable, "-u", "-W", "error", "-m", "mpi4py", "s.py"]),
+    (["/usr/bin/python3.12", "-m", "pytest"], ["/usr/bin/python3.12", "-m", "mpi4py", "-m", "pytest"]),
+    (["python", "-m", "mpi4py", "s.py"], [sys.executable, "-m", "mpi4py", "s.py"]),
+    (["./a.out", "x.py"], ["./a.out", "x.py"]),
+])
+def test_wrap_python(argv, expected):
+    assert wrap_python(argv) == expected
+
+
+def test_empty_program_is_rejected():
+    with pytest.raises(pyhpc.InvalidArgumentError, match="program"):
+        wrap_python([])
+
+
+@pytest.mark.parametrize("nprocs", [0, -1, "2"])
+def test_bad_nprocs_names_the_argument(nprocs):
+    with pytest.raises(pyhpc.InvalidArgumentError, match="nprocs"):
+        build_command(nprocs, ["./a.out"], launcher=Launcher("mpiexec", "mpich", "5.0"))
+
+
+def test_openmpi5_flags(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    env_in = {"PYHPC_INTERPOSE_LOG": "1", "PATH": "/bin", "LD_PRELOAD": "/x.so"}
+    cmd, env = build_command(4, ["./a.out"], interpose=True, environ=env_in,
+                             launcher=Launcher("/m/mpiexec", "openmpi", "5.0.11"))
+    assert env["OMPI_ALLOW_RUN_AS_ROOT"] == "1" and env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] == "1"
+    assert env["PRTE_MCA_rmaps_default_mapping_policy"] == ":oversubscribe"
+    assert "OMPI_MCA_rmaps_base_oversubscribe" not in env
+    assert cmd[:3] == ["/m/mpiexec", "-n", "4"] and cmd[-1] == "./a.out"
+    assert ["-x", "PYHPC_INTERPOSE_LOG"] == cmd[3:5]
+    preload = cmd[cmd.index("-x", 5) + 1]
+    assert preload.startswith("LD_PRELOAD=") and preload.endswith("libpyhpc_interpose.so:/x.so")
+
+
+def test_openmpi4_flags_and_no_oversubscribe_when_it_fits(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    _, env = build_command(4, ["./a.out"], environ={}, launcher=Launcher("m", "openmpi", "4.1.4"))
+    assert env["OMPI_MCA_rmaps_base_oversubscribe"] == "1"
+    _, env = build_command(2, ["./a.out"], environ={}, launcher=Launcher("m", "openmpi", "4.1.4"))
+    assert "OMPI_MCA_rmaps_base_oversubscribe" not in env
+
+
+def test_mpich_preload_goes_through_genv():
+    cmd, env = build_command(2, ["./a.out"], interpose=True, environ={},
+                             launcher=Launcher("m", "mpich", "5.0.2"))
+    i = cmd.index("-genv")
+    assert cmd[i + 1] == "LD_PRELOAD" and cmd[i + 2].endswith("libpyhpc_interpose.so")
+    assert "LD_PRELOAD" not in env  # never preloaded into mpiexec itself
+
+
+def test_pyhpc_mpiexec_setting_must_exist(monkeypatch):
+    monkeypatch.setenv("PYHPC_MPIEXEC", "/nonexistent/mpiexec")
+    with pytest.raises(pyhpc.InvalidArgumentError, match="PYHPC_MPIEXEC"):
+        launcher.find_mpiexec()
+
+
+def pyhpc_run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pyhpc", "run", *args], capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_run_four_ranks_prints_each_rank():
+    out = pyhpc_run("-n", "4", "python", "-c",
+                    "import sys; from mpi4py import MPI; "
+                    "sys.stdout.write(f'<rank {MPI.COMM_WORLD.rank}>\\n')")
+    assert out.returncode == 0, out.stderr
+    # One write per rank; ranks' lines may come in any order.
+    assert sorted(re.findall(r"<rank (\d+)>", out.stdout)) == ["0", "1", "2", "3"], out.stdout
+
+
+def test_run_fails_when_one_rank_raises(tmp_path):
+    prog = tmp_path / "raises.py"
+    prog.write_text("from mpi4py import MPI\nc = MPI.COMM_WORLD\n"
+                    "if c.rank == 1: raise RuntimeError('rank one failed on purpose')\n"
+                    "c.Barrier()\n")
+    out = pyhpc_run("-n", "2", str(prog))  # a hang shows up as TimeoutExpired
+    assert out.returncode != 0
+    assert "rank one failed on purpose" in out.stderr
+
+
+def test_run_timeout_kills_the_job(tmp_path):
+    prog = tmp_path / "sleeps.py"
+    prog.write_text("import time\ntime.sleep(600)\n")
+    out = pyhpc_run("-n", "2", "--timeout", "3", str(prog))
+    assert out.returncode == 124 and "killing it" in out.stderr
