@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# bench/device_check.sh OUT_DIR -- the one GPU check: build pyhpc with CUDA for
+# the GPU present, run the whole test suite (GPU tests included) and the GPU
+# benchmarks, and leave logs and JSON in OUT_DIR. Finishes in under 8 minutes.
+#
+# For a machine with an NVIDIA GPU, Python 3.12, CUDA 13, nvcc, cupy, CMake,
+# scikit-build-core, pybind11, Cython, numpy, matplotlib and pytest(-timeout)
+# installed, and NO package registry. The packages it lacks come as wheels in a
+# folder beside the repo: $PYHPC_WHEELS, default ./.whl (git-ignored). Fetch
+# them on a machine with PyPI access, from the repo root:
+#
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform manylinux_2_5_x86_64 \
+#     -d .whl mpich==5.0.2 mpi4py==4.1.2 pytest-mpi==0.6
+#
+# Output (at most 8 files, two folders deep): OUT/device_check.log (everything),
+# OUT/info.json, OUT/tests.log, OUT/bench/<name>.json and .png.
+set -uo pipefail
+OUT=${1:?usage: bench/device_check.sh OUT_DIR}
+mkdir -p "$OUT/bench"
+OUT=$(cd "$OUT" && pwd)
+cd "$(dirname "$0")/.."
+WHEELS=${PYHPC_WHEELS:-.whl}
+VENV=${PYHPC_DEVICE_VENV:-/tmp/pyhpc-device-venv}
+# GPU benchmarks to run; each capability with a GPU path adds its name here.
+GPU_BENCHMARKS=(gpu_copy)
+
+exec > >(tee -a "$OUT/device_check.log") 2>&1
+start=$SECONDS
+stamp() { echo "=== [$(( SECONDS - start )) s] $*"; }
+failed=0
+step() {  # step LIMIT_S NAME CMD... : run with a deadline; record failure, keep going
+  local limit=$1 name=$2; shift 2
+  stamp "$name"
+  if ! timeout --kill-after=10 "$limit" "$@"; then
+    echo "!!! $name failed (exit $?)"; failed=1
+  fi
+}
+
+stamp "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+nvcc --version | tail -1 || true
+python3 --version
+
+# A venv that sees the image's packages (cupy, numpy, build tools) plus the wheels.
+python3 -m venv --system-site-packages "$VENV" || exit 1
+PY="$VENV/bin/python"
+if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+  step 45 "install wheels from $WHEELS" "$PY" -m pip install -q --no-index --no-deps \
+    --no-cache-dir "$WHEELS"/*.whl
+else
+  echo "!!! no wheels in $WHEELS: MPI (mpich) and pytest-mpi must already be installed"
+fi
+
+step 210 "build pyhpc (PYHPC_ENABLE_CUDA=ON, native arch)" env PYHPC_ENABLE_CUDA=ON \
+  "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir \
+  -Cbuild-dir=build/device -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=native .
+"$VENV/bin/pyhpc" info --json > "$OUT/info.json" || failed=1
+cat "$OUT/info.json"
+
+step 150 "tests (serial, 2 and 4 ranks; GPU tests included)" \
+  bash -o pipefail -c "'$PY' tests/run.py 2>&1 | tee '$OUT/tests.log'"
+
+step 60 "GPU benchmarks: ${GPU_BENCHMARKS[*]}" "$VENV/bin/pyhpc" bench --quick \
+  --out "$OUT/bench" "${GPU_BENCHMARKS[@]}"
+
+stamp "done (failed=$failed)"
+exit $failed
