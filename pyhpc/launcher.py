@@ -112,6 +112,27 @@ def wrap_python(argv: Sequence[str]) -> list[str]:
     return [*argv[:i], "-m", "mpi4py", *argv[i:]]
 
 
+# Variables through which a launcher (or an MPI singleton: Open MPI 4 starts a
+# PMIx server inside any process that calls MPI_Init without mpiexec) tells a
+# process which job it belongs to. Inherited by a new mpiexec they make it join
+# or misread that job and fail, so they are removed; users' own MCA settings
+# (OMPI_MCA_btl, PRTE_MCA_..., PMIX_MCA_...) are kept.
+_JOB_CONTEXT_PREFIXES = ("PMIX_", "PMI_", "OMPI_COMM_WORLD_", "OMPI_APP_CTX_", "ORTE_", "HYDI_")
+_JOB_CONTEXT_NAMES = {
+    "OMPI_MCA_ess", "OMPI_MCA_pmix", "OMPI_MCA_orte_launch", "OMPI_MCA_orte_ess_num_procs",
+    "OMPI_MCA_orte_precondition_transports", "OMPI_MCA_orte_hnp_uri", "OMPI_MCA_ess_base_jobid",
+    "OMPI_MCA_ess_base_vpid", "OMPI_MCA_orte_ess_node_rank", "OMPI_UNIVERSE_SIZE",
+    "OMPI_FILE_LOCATION", "MPI_LOCALRANKID", "MPI_LOCALNRANKS",
+}
+
+
+def without_job_context(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` minus the variables that tie a process to an enclosing MPI job."""
+    return {name: value for name, value in env.items()
+            if name not in _JOB_CONTEXT_NAMES
+            and not (name.startswith(_JOB_CONTEXT_PREFIXES) and not name.startswith("PMIX_MCA_"))}
+
+
 def build_command(nprocs: int, argv: Sequence[str], *, interpose: bool = False,
                   launcher: Launcher | None = None, extra_args: Sequence[str] = (),
                   environ: Mapping[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
@@ -119,7 +140,7 @@ def build_command(nprocs: int, argv: Sequence[str], *, interpose: bool = False,
     if not isinstance(nprocs, int) or nprocs < 1:
         raise InvalidArgumentError(f"nprocs must be a positive integer, got {nprocs!r}")
     launcher = launcher or detect(find_mpiexec())
-    env = dict(os.environ if environ is None else environ)
+    env = without_job_context(os.environ if environ is None else environ)
     cmd = [launcher.path, "-n", str(nprocs)]
     preload = None
     if interpose:

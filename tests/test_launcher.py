@@ -84,6 +84,17 @@ def test_mpich_preload_goes_through_genv():
     assert "LD_PRELOAD" not in env  # never preloaded into mpiexec itself
 
 
+def test_enclosing_job_context_is_not_inherited():
+    # What an Open MPI 4 singleton leaves in its environment, plus users' settings.
+    env_in = {"PMIX_RANK": "0", "PMIX_SERVER_URI4": "x", "OMPI_MCA_ess": "singleton",
+              "OMPI_MCA_orte_launch": "1", "PMI_FD": "5", "OMPI_COMM_WORLD_RANK": "0",
+              "OMPI_MCA_btl": "self,vader", "PMIX_MCA_gds": "hash", "PATH": "/bin"}
+    _, env = build_command(2, ["./a.out"], environ=env_in, launcher=Launcher("m", "openmpi", "4.1.4"))
+    assert env == {"OMPI_MCA_btl": "self,vader", "PMIX_MCA_gds": "hash", "PATH": "/bin",
+                   **({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+                      if os.geteuid() == 0 else {})}
+
+
 def test_pyhpc_mpiexec_setting_must_exist(monkeypatch):
     monkeypatch.setenv("PYHPC_MPIEXEC", "/nonexistent/mpiexec")
     with pytest.raises(pyhpc.InvalidArgumentError, match="PYHPC_MPIEXEC"):
