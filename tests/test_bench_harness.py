@@ -263,3 +263,15 @@ def test_a_failing_job_is_reported_and_leaves_no_stale_result(tmp_path, monkeypa
     assert bench.main(["--quick", "--out", str(tmp_path), "ghost"]) == 1
     assert "FAILED: ghost (exit status" in capsys.readouterr().err
     assert not (tmp_path / "ghost.json").exists()
+
+
+def test_gpu_benchmark_is_skipped_not_failed_without_a_device(tmp_path, monkeypatch, capsys):
+    from pyhpc import cuda
+
+    monkeypatch.setattr(cuda, "available", lambda: False)
+    out = tmp_path / "out"
+    assert bench.main(["--quick", "--out", str(out), "gpu_copy"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped" in captured.err and "gpu_copy" in captured.out
+    assert not (out / "gpu_copy.json").exists()
+    assert bench.benchmarks()["gpu_copy"].needs_gpu
