@@ -7,9 +7,12 @@ place that unwraps an mpi4py.MPI.Comm into one (cimport, no handle casting),
 so the handle's type always matches the MPI the cores were compiled against.
 """
 
+from libc.stdint cimport int64_t
+from libcpp cimport bool as cbool
+from libcpp.string cimport string
 from libcpp.vector cimport vector
-from mpi4py.libmpi cimport MPI_Comm
-from mpi4py.MPI cimport Comm
+from mpi4py.libmpi cimport MPI_Comm, MPI_Datatype
+from mpi4py.MPI cimport Comm, Datatype
 
 from pyhpc.errors import from_status
 
@@ -29,6 +32,34 @@ cdef extern from "bench/mpi_loops.hpp":
         MPI_Comm comm, size_t nbytes, int warmup, int reps, vector[double]* seconds) nogil
     pyhpc_status c_allreduce_sum "pyhpc::allreduce_sum" (
         MPI_Comm comm, size_t count, int warmup, int reps, vector[double]* seconds) nogil
+
+
+cdef extern from "datatype/strided.hpp" namespace "pyhpc::datatype":
+    cdef cppclass Strided:
+        int64_t offset
+        int64_t block
+        int ndims
+        int64_t count[8]
+        int64_t stride[8]
+
+cdef extern from "datatype/canonicalize.hpp" namespace "pyhpc::datatype":
+    cdef cppclass Canonical:
+        cbool supported
+        string why_not
+        Strided layout
+        int64_t lb
+        int64_t extent
+        int64_t size
+
+cdef extern from "datatype/engine.hpp":
+    pyhpc_status c_canonicalize "pyhpc::datatype::canonicalize" (
+        MPI_Datatype type, Canonical* out) nogil
+    pyhpc_status c_pack "pyhpc::datatype::pack" (
+        const Canonical& type, int64_t count, const char* buf, int64_t buf_len,
+        char* out, int64_t out_len) nogil
+    pyhpc_status c_unpack "pyhpc::datatype::unpack" (
+        const Canonical& type, int64_t count, const char* packed, int64_t packed_len,
+        char* buf, int64_t buf_len) nogil
 
 
 cdef int check(pyhpc_status status) except -1:
@@ -67,3 +98,49 @@ def allreduce_seconds(Comm comm not None, size_t count, int warmup, int reps):
         s = c_allreduce_sum(c, count, warmup, reps, &seconds)
     check(s)
     return list(seconds)
+
+
+# ---- datatypes ------------------------------------------------------------------
+
+def canonicalize(Datatype datatype not None):
+    """The canonical strided form of datatype as a dict (see pyhpc.datatype)."""
+    cdef Canonical c
+    check(c_canonicalize(datatype.ob_mpi, &c))
+    cdef int d
+    return {
+        "supported": c.supported,
+        "why_not": c.why_not.decode("utf-8", "replace"),
+        "offset": c.layout.offset,
+        "block": c.layout.block,
+        "counts": [c.layout.count[d] for d in range(c.layout.ndims)] if c.supported else [],
+        "strides": [c.layout.stride[d] for d in range(c.layout.ndims)] if c.supported else [],
+        "lb": c.lb,
+        "extent": c.extent,
+        "size": c.size,
+    }
+
+
+def pack(Datatype datatype not None, int64_t count, const unsigned char[::1] buf not None,
+         unsigned char[::1] out not None):
+    """Packs count elements of datatype read from buf into out (pyhpc's host engine)."""
+    cdef Canonical c
+    check(c_canonicalize(datatype.ob_mpi, &c))
+    cdef const char* src = <const char*>&buf[0] if buf.shape[0] > 0 else NULL
+    cdef char* dst = <char*>&out[0] if out.shape[0] > 0 else NULL
+    cdef pyhpc_status s
+    with nogil:
+        s = c_pack(c, count, src, buf.shape[0], dst, out.shape[0])
+    check(s)
+
+
+def unpack(Datatype datatype not None, int64_t count, const unsigned char[::1] packed not None,
+           unsigned char[::1] buf not None):
+    """Unpacks count elements of datatype from packed into buf (pyhpc's host engine)."""
+    cdef Canonical c
+    check(c_canonicalize(datatype.ob_mpi, &c))
+    cdef const char* src = <const char*>&packed[0] if packed.shape[0] > 0 else NULL
+    cdef char* dst = <char*>&buf[0] if buf.shape[0] > 0 else NULL
+    cdef pyhpc_status s
+    with nogil:
+        s = c_unpack(c, count, src, packed.shape[0], dst, buf.shape[0])
+    check(s)
