@@ -6,54 +6,49 @@ namespace pyhpc::datatype {
 
 namespace {
 
-// kBlock > 0: the block size is a compile-time constant and memcpy becomes a
-// single load/store; kBlock == 0: runtime size.
+// One innermost loop: n runs of `block` bytes, `stride` apart, to or from
+// consecutive packed bytes. kBlock > 0 makes the block size a compile-time
+// constant, so each memcpy becomes one load and one store; kBlock == 0 copies
+// a runtime size. Index-based addressing lets the compiler unroll the loop.
 template <bool kPack, int64_t kBlock>
-struct Mover {
-  int64_t block;
-  char* packed;
-  inline void operator()(char* strided) {
-    const int64_t n = kBlock > 0 ? kBlock : block;
-    if (kPack) std::memcpy(packed, strided, static_cast<size_t>(n));
-    else std::memcpy(strided, packed, static_cast<size_t>(n));
-    packed += n;
+inline char* row(char* p, int64_t n, int64_t stride, char* packed, int64_t block) {
+  const int64_t b = kBlock > 0 ? kBlock : block;
+  for (int64_t i = 0; i < n; ++i) {
+    char* q = p + i * stride;
+    char* r = packed + i * b;
+    if (kPack) std::memcpy(r, q, static_cast<size_t>(b));
+    else std::memcpy(q, r, static_cast<size_t>(b));
   }
-};
+  return packed + n * b;
+}
 
-template <class Move>
-void walk(const Strided& s, char* base, Move move) {
+template <bool kPack, int64_t kBlock>
+void walk(const Strided& s, char* base, char* packed) {
   char* p = base + s.offset;
   const int64_t* c = s.count;
   const int64_t* st = s.stride;
+  const int inner = s.ndims - 1;  // ndims >= 1 here
   switch (s.ndims) {
-    case 0:
-      move(p);
-      return;
     case 1:
-      for (int64_t i = 0; i < c[0]; ++i) move(p + i * st[0]);
+      row<kPack, kBlock>(p, c[0], st[0], packed, s.block);
       return;
     case 2:
-      for (int64_t i = 0; i < c[0]; ++i) {
-        char* q = p + i * st[0];
-        for (int64_t j = 0; j < c[1]; ++j) move(q + j * st[1]);
-      }
+      for (int64_t i = 0; i < c[0]; ++i)
+        packed = row<kPack, kBlock>(p + i * st[0], c[1], st[1], packed, s.block);
       return;
     case 3:
       for (int64_t i = 0; i < c[0]; ++i)
-        for (int64_t j = 0; j < c[1]; ++j) {
-          char* q = p + i * st[0] + j * st[1];
-          for (int64_t k = 0; k < c[2]; ++k) move(q + k * st[2]);
-        }
+        for (int64_t j = 0; j < c[1]; ++j)
+          packed = row<kPack, kBlock>(p + i * st[0] + j * st[1], c[2], st[2], packed, s.block);
       return;
     default: {
-      // Odometer over the outer ndims-1 dimensions, a plain loop inside.
-      const int outer = s.ndims - 1;
+      // Odometer over the outer ndims-1 dimensions, one row inside.
       int64_t idx[kMaxDims] = {};
       for (;;) {
         char* q = p;
-        for (int d = 0; d < outer; ++d) q += idx[d] * st[d];
-        for (int64_t k = 0; k < c[outer]; ++k) move(q + k * st[outer]);
-        int d = outer - 1;
+        for (int d = 0; d < inner; ++d) q += idx[d] * st[d];
+        packed = row<kPack, kBlock>(q, c[inner], st[inner], packed, s.block);
+        int d = inner - 1;
         while (d >= 0 && ++idx[d] == c[d]) idx[d--] = 0;
         if (d < 0) return;
       }
@@ -70,12 +65,12 @@ void run(const Strided& s, char* base, char* packed) {
     return;
   }
   switch (s.block) {
-    case 1: return walk(s, base, Mover<kPack, 1>{1, packed});
-    case 2: return walk(s, base, Mover<kPack, 2>{2, packed});
-    case 4: return walk(s, base, Mover<kPack, 4>{4, packed});
-    case 8: return walk(s, base, Mover<kPack, 8>{8, packed});
-    case 16: return walk(s, base, Mover<kPack, 16>{16, packed});
-    default: return walk(s, base, Mover<kPack, 0>{s.block, packed});
+    case 1: return walk<kPack, 1>(s, base, packed);
+    case 2: return walk<kPack, 2>(s, base, packed);
+    case 4: return walk<kPack, 4>(s, base, packed);
+    case 8: return walk<kPack, 8>(s, base, packed);
+    case 16: return walk<kPack, 16>(s, base, packed);
+    default: return walk<kPack, 0>(s, base, packed);
   }
 }
 
