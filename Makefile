@@ -34,6 +34,7 @@ install-test: $(VENV)/.mpi-$(MPI)
 
 $(VENV)/.mpi-$(MPI):
 	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -U "pip>=23.1"  # -C (config settings) needs pip 23.1; Debian 12 ships 23.0
 ifeq ($(MPI),system)
 	@command -v $${MPI_C_COMPILER:-mpicc} >/dev/null || { echo "MPI=system: no mpicc on PATH; set MPI_C_COMPILER" >&2; exit 2; }
 else

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import pkgutil
 import sys
 import time
@@ -132,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     names = list(dict.fromkeys(args.names)) or list(registry)  # in order, each once
     out = Path(args.out or str(settings.get("PYHPC_BENCH_DIR"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        print(f"pyhpc bench: --timeout must be a finite number of seconds > 0, got {args.timeout}",
+              file=sys.stderr)
+        return 2
     timeout = args.timeout or (QUICK_TIMEOUT_S if args.quick else FULL_TIMEOUT_S)
     plots = have_matplotlib()
     if not plots:

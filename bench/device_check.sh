@@ -26,25 +26,27 @@ VENV=${PYHPC_DEVICE_VENV:-/tmp/pyhpc-device-venv}
 # GPU benchmarks to run; each capability with a GPU path adds its name here.
 GPU_BENCHMARKS=(gpu_copy)
 
-exec > >(tee -a "$OUT/device_check.log") 2>&1
 start=$SECONDS
 stamp() { echo "=== [$(( SECONDS - start )) s] $*"; }
 failed=0
 step() {  # step LIMIT_S NAME CMD... : run with a deadline; record failure, keep going
-  local limit=$1 name=$2; shift 2
+  local limit=$1 name=$2 rc=0; shift 2
   stamp "$name"
-  if ! timeout --kill-after=10 "$limit" "$@"; then
-    echo "!!! $name failed (exit $?)"; failed=1
-  fi
+  # SIGTERM first: `pyhpc run` then takes its whole MPI job down with it.
+  timeout --kill-after=10 "$limit" "$@" || rc=$?
+  if [ "$rc" -ne 0 ]; then echo "!!! $name failed (exit $rc)"; failed=1; fi
 }
+
+main() {
 
 stamp "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 nvcc --version | tail -1 || true
 python3 --version
 
-# A venv that sees the image's packages (cupy, numpy, build tools) plus the wheels.
-python3 -m venv --system-site-packages "$VENV" || exit 1
+# A venv that sees the image's packages (cupy, numpy, build tools, pip) plus
+# the wheels; --without-pip because images often lack ensurepip.
+python3 -m venv --system-site-packages --without-pip "$VENV" || return 1
 PY="$VENV/bin/python"
 if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   step 45 "install wheels from $WHEELS" "$PY" -m pip install -q --no-index --no-deps \
@@ -66,4 +68,9 @@ step 60 "GPU benchmarks: ${GPU_BENCHMARKS[*]}" "$VENV/bin/pyhpc" bench --quick \
   --out "$OUT/bench" "${GPU_BENCHMARKS[@]}"
 
 stamp "done (failed=$failed)"
-exit $failed
+return $failed
+}
+
+# Everything goes to the log too; the pipeline ends only when tee has written it all.
+main 2>&1 | tee -a "$OUT/device_check.log"
+exit "${PIPESTATUS[0]}"

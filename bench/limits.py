@@ -5,8 +5,8 @@ machine, at the same moment, under the same load; on a shared machine a
 number from last week means little. So each benchmark job measures the limit
 it is compared with, and the `limits` benchmark reports them all:
 
-- memcpy bandwidth: np.copyto, in bytes copied per second (each byte read
-  once and written once). A shared-memory MPI transfer of n bytes needs at
+- memcpy bandwidth: memcpy timed in C++, in bytes copied per second (each
+  byte read once and written once). A shared-memory MPI transfer of n bytes needs at
   least one copy of n bytes, so memcpy of the same size bounds ping-pong and
   allreduce bandwidth between ranks on one node; the `limits` benchmark
   reports it for a buffer larger than any cache (memory bandwidth).
@@ -42,24 +42,24 @@ def _sizes(quick: bool) -> dict[str, int]:
 # ---- the measurements ----------------------------------------------------------
 
 def memcpy_seconds(nbytes: int, warmup: int, reps: int, comm: Any = None) -> list[float]:
-    """Seconds of one np.copyto of nbytes; with comm, all ranks copy at once (they share the memory bus).
-
-    Small copies are timed in batches (several copies a repetition, time / count)
-    so the timer's own cost does not count; numpy's per-call cost (a fraction of
-    a microsecond) still does, so for small sizes this limit is an underestimate.
+    """Seconds of one memcpy of nbytes, timed in C++ (pyhpc._core.memcpy_seconds):
+    numpy's own per-call cost would otherwise make small sizes a measure of
+    Python. Small copies run in batches (time / copies). With comm, all ranks
+    copy at the same time (they share the memory bus) and each repetition
+    counts the slowest rank. The C++ side checks that the bytes arrived.
     """
-    src = np.arange(nbytes, dtype=np.uint8)  # a pattern, so a copy that does nothing is caught below
-    dst = np.zeros_like(src)  # zeros, not empty: fault every page in before timing
-    batch = int(min(256, max(1, (64 << 10) // max(nbytes, 1))))
+    from pyhpc import _core
 
-    def copies() -> None:
-        for _ in range(batch):
-            np.copyto(dst, src)
+    if comm is not None:
+        comm.Barrier()
+    seconds = np.asarray(_core.memcpy_seconds(nbytes, warmup, reps))
+    if comm is not None:
+        from mpi4py import MPI
 
-    seconds = time_reps(copies, warmup, reps, comm)
-    if not np.array_equal(dst, src):
-        raise RuntimeError("memcpy limit: np.copyto did not copy the buffer")
-    return [t / batch for t in seconds]
+        slowest = np.empty_like(seconds)
+        comm.Allreduce(seconds, slowest, op=MPI.MAX)
+        seconds = slowest
+    return seconds.tolist()
 
 
 def memcpy_limit(ctx: Context, nbytes: int, reps: int) -> Measurement:
@@ -71,7 +71,7 @@ def memcpy_limit(ctx: Context, nbytes: int, reps: int) -> Measurement:
     it pass ``limit=row.case``.
     """
     who = "one rank" if ctx.size == 1 else f"each of {ctx.size} ranks at once"
-    return Measurement(f"memcpy {size_label(nbytes)}", f"np.copyto, {who}", "limit",
+    return Measurement(f"memcpy {size_label(nbytes)}", f"memcpy (C++), {who}", "limit",
                        memcpy_seconds(nbytes, 2, reps, ctx.comm), x=nbytes, bytes_per_rep=nbytes)
 
 

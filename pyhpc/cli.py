@@ -38,11 +38,18 @@ def collect_info() -> dict[str, Any]:
         info["mpiexec"] = f"{mpiexec.path} ({mpiexec.flavor} {mpiexec.version})"
     except pyhpc.Error as exc:
         info["mpiexec"] = f"not usable: {exc}"
+    info["mpi_libraries"] = _build_info.MPI_C_LIBRARIES
+    info["cxx_compiler"] = _build_info.CXX_COMPILER
+    info["build_type"] = _build_info.BUILD_TYPE
     info["cuda_built"] = cuda.built_with_cuda()
     if cuda.built_with_cuda():
         info["cuda_architectures"] = _build_info.CUDA_ARCHITECTURES
         info["cuda_compiler"] = _build_info.CUDA_COMPILER_VERSION
-    info["cuda_devices"] = cuda.device_count()
+    try:
+        info["cuda_devices"] = cuda.device_count()
+    except pyhpc.Error as exc:
+        info["cuda_devices"] = 0
+        info["cuda_error"] = str(exc)
     cp = cuda.cupy()
     info["cupy"] = getattr(cp, "__version__", None) if cp is not None else None
     try:
@@ -75,8 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("pyhpc run: nothing to run (usage: pyhpc run -n N [--interpose] prog.py args...)",
               file=sys.stderr)
         return 2
-    return launcher.run(args.nprocs, args.program, interpose=args.interpose,
-                        timeout=args.timeout or None)
+    return launcher.run(args.nprocs, args.program, interpose=args.interpose, timeout=args.timeout)
 
 
 def cmd_bench(argv: Sequence[str]) -> int:
@@ -98,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("-n", "--nprocs", type=int, required=True, help="number of ranks")
     p_run.add_argument("--interpose", action="store_true",
                        help="LD_PRELOAD libpyhpc_interpose.so into every rank")
-    p_run.add_argument("--timeout", type=float, default=0.0,
+    p_run.add_argument("--timeout", type=float, default=None,
                        help="kill the whole job after this many seconds (default: PYHPC_RUN_TIMEOUT)")
     p_run.add_argument("program", nargs=argparse.REMAINDER, help="prog.py args... or any command")
 
@@ -110,17 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "bench":
-        return cmd_bench(argv[1:])
-    args = build_parser().parse_args(argv)
     import pyhpc
 
+    command = argv[0] if argv else ""
     try:
+        if command == "bench":
+            return cmd_bench(argv[1:])
+        args = build_parser().parse_args(argv)
         if args.command == "info":
             return cmd_info(args)
         return cmd_run(args)
     except pyhpc.Error as exc:
-        print(f"pyhpc {args.command}: {exc}", file=sys.stderr)
+        print(f"pyhpc {command}: {exc}", file=sys.stderr)
         return 2
 
 

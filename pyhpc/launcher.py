@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -133,13 +135,44 @@ def without_job_context(env: Mapping[str, str]) -> dict[str, str]:
             and not (name.startswith(_JOB_CONTEXT_PREFIXES) and not name.startswith("PMIX_MCA_"))}
 
 
+def check_timeout(timeout: object, name: str = "timeout") -> float | None:
+    """A finite number of seconds >= 0 (0 and None mean no limit)."""
+    if timeout is None:
+        return None
+    try:
+        value = float(timeout)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{name}: expected seconds, got {timeout!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise InvalidArgumentError(f"{name}: expected a finite number of seconds >= 0, got {timeout!r}")
+    return value or None
+
+
+def check_matches_build(launcher: Launcher) -> None:
+    """Refuse a launcher of another MPI than pyhpc was built against: its ranks
+    would each start as a separate one-rank job and a multi-rank run would
+    quietly test nothing."""
+    from . import mpi_build
+
+    built = mpi_build.built()
+    if built.family != "unknown" and launcher.flavor != built.family:
+        raise InvalidArgumentError(
+            f"mpiexec {launcher.path} belongs to {launcher.flavor} but pyhpc was built against "
+            f"{built}: set PYHPC_MPIEXEC to that MPI's mpiexec (or rebuild pyhpc)")
+
+
 def build_command(nprocs: int, argv: Sequence[str], *, interpose: bool = False,
-                  launcher: Launcher | None = None, extra_args: Sequence[str] = (),
+                  launcher: Launcher | None = None,
                   environ: Mapping[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
     """The mpiexec command line and environment that run `argv` on `nprocs` local ranks."""
-    if not isinstance(nprocs, int) or nprocs < 1:
+    if isinstance(nprocs, bool) or not isinstance(nprocs, int) or nprocs < 1:
         raise InvalidArgumentError(f"nprocs must be a positive integer, got {nprocs!r}")
-    launcher = launcher or detect(find_mpiexec())
+    argv = list(argv)
+    if argv and argv[0] == "--":  # `pyhpc run -n 2 -- prog ...`
+        argv = argv[1:]
+    if launcher is None:
+        launcher = detect(find_mpiexec())
+        check_matches_build(launcher)
     env = without_job_context(os.environ if environ is None else environ)
     cmd = [launcher.path, "-n", str(nprocs)]
     preload = None
@@ -153,11 +186,12 @@ def build_command(nprocs: int, argv: Sequence[str], *, interpose: bool = False,
         if os.geteuid() == 0:
             env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
             env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        if nprocs > (os.cpu_count() or 1):
-            if launcher.major >= 5:
-                env.setdefault("PRTE_MCA_rmaps_default_mapping_policy", ":oversubscribe")
-            else:
-                env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        # Permit (not force) more ranks than slots: Open MPI counts slots in
+        # physical cores, which os.cpu_count() cannot tell on SMT machines.
+        if launcher.major >= 5:
+            env.setdefault("PRTE_MCA_rmaps_default_mapping_policy", ":oversubscribe")
+        else:
+            env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
         # Open MPI forwards only its own variables to ranks; pass pyhpc's explicitly.
         for name in sorted(env):
             if name.startswith("PYHPC_"):
@@ -167,22 +201,40 @@ def build_command(nprocs: int, argv: Sequence[str], *, interpose: bool = False,
     else:  # Hydra forwards the whole environment; it oversubscribes without asking.
         if preload:
             cmd += ["-genv", "LD_PRELOAD", preload]
-    cmd += list(extra_args)
     cmd += wrap_python(argv)
     return cmd, env
 
 
-def run(nprocs: int, argv: Sequence[str], *, interpose: bool = False, timeout: float | None = None,
-        extra_args: Sequence[str] = ()) -> int:
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """mpiexec gets SIGTERM if pyhpc dies, even by SIGKILL: the job never outlives its launcher."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the signal handlers in run() still cover SIGTERM/SIGHUP
+
+
+def run(nprocs: int, argv: Sequence[str], *, interpose: bool = False,
+        timeout: float | None = None) -> int:
     """Run `argv` on `nprocs` local ranks; return the job's exit status.
 
-    The job runs in its own process group, so a timeout or Ctrl-C ends every
-    rank, not only mpiexec. A timeout returns 124 (as timeout(1) does).
+    The job runs in its own process group, so a timeout, Ctrl-C, SIGTERM or
+    SIGHUP to pyhpc ends every rank, not only mpiexec; if pyhpc itself is
+    killed, mpiexec is told to stop. A timeout returns 124 (as timeout(1) does).
     """
-    if timeout is None:
-        timeout = float(settings.get("PYHPC_RUN_TIMEOUT") or 0) or None
-    cmd, env = build_command(nprocs, argv, interpose=interpose, extra_args=extra_args)
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    timeout = check_timeout(settings.get("PYHPC_RUN_TIMEOUT") if timeout is None else timeout,
+                            "timeout")
+    cmd, env = build_command(nprocs, argv, interpose=interpose)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        raise _Stop(128 + signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, on_signal)
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -192,6 +244,18 @@ def run(nprocs: int, argv: Sequence[str], *, interpose: bool = False, timeout: f
     except KeyboardInterrupt:
         _kill_group(proc)
         return 130
+    except _Stop as stop:
+        _kill_group(proc)
+        return stop.code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _Stop(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

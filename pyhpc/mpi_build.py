@@ -65,15 +65,22 @@ def compatibility_problem(built_mpi: MPIVersion, loaded_mpi: MPIVersion) -> str 
     """Why `built_mpi` headers cannot be used with `loaded_mpi`, or None if they can.
 
     MPICH-family libraries share one ABI (libmpi.so.12) across versions and
-    vendors; Open MPI changes its ABI between major versions.
+    vendors. Open MPI keeps its C ABI forward-compatible from 4.x to 5.x (both
+    libmpi.so.40): a build against an older major runs on a newer one, not the
+    other way round.
     """
     if "unknown" in (built_mpi.family, loaded_mpi.family):
         return None  # cannot tell: do not block an MPI we do not recognise
     if built_mpi.family != loaded_mpi.family:
         return "different MPI implementations (their ABIs are incompatible)"
-    if built_mpi.family == "openmpi" and built_mpi.major != loaded_mpi.major:
-        return f"Open MPI {built_mpi.major}.x and {loaded_mpi.major}.x are not ABI-compatible"
+    if built_mpi.family == "openmpi" and _major(built_mpi) > _major(loaded_mpi):
+        return (f"a build against Open MPI {built_mpi.major}.x cannot run on the older "
+                f"{loaded_mpi.major}.x")
     return None
+
+
+def _major(v: MPIVersion) -> int:
+    return int(v.major) if v.major.isdigit() else 0
 
 
 def check() -> None:

@@ -47,12 +47,26 @@ REGISTRY: dict[str, Setting] = {
         Setting("PYHPC_SKIP_MPI_CHECK", _bool, False,
                 "skip the import-time check that the loaded libmpi is the one pyhpc was built "
                 "against (for ABI-compatible MPIs the check does not know)"),
+        Setting("PYHPC_INTERPOSE", _bool, True,
+                "0: the interposer passes every call straight to the system MPI", "interposer"),
         Setting("PYHPC_INTERPOSE_LOG", _bool, False,
-                "the interposer prints each MPI call it intercepts to stderr", "interposer"),
+                "the interposer prints each MPI call it intercepts, and each type it "
+                "canonicalises, to stderr", "interposer"),
+        Setting("PYHPC_INTERPOSE_STATS", _bool, False,
+                "the interposer prints, at MPI_Finalize, how many calls of each kind it saw "
+                "and how many pyhpc's engine served", "interposer"),
+        Setting("PYHPC_INTERPOSE_STRATEGY", str, "auto",
+                "host buffers: `auto` (the system model decides; without one, the system MPI), "
+                "`pyhpc` (always pyhpc's engine) or `system` (never)", "interposer"),
+        Setting("PYHPC_SYSTEM_MODEL", str, None,
+                "file written by `pyhpc measure-system` that `auto` decides from", "interposer"),
         Setting("PYHPC_BENCH_DIR", str, "bench/results",
                 "where `pyhpc bench` writes its JSON and PNG results"),
         Setting("PYHPC_RUN_TIMEOUT", float, 0.0,
                 "seconds after which `pyhpc run` kills the whole job (0 = no limit)"),
+        Setting("PYHPC_TEST_RANKS", int, None,
+                "set by tests/run.py: the rank count a multi-rank test job must see, so a "
+                "mismatched launcher fails instead of skipping every test", "tests"),
     )
 }
 

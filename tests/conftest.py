@@ -22,6 +22,7 @@ import faulthandler
 import os
 import sys
 import threading
+import time
 
 import pytest
 
@@ -48,11 +49,30 @@ def _uncaptured(config):
         yield
 
 
+# After a rank writes why it stops and before it calls MPI_Abort: the launcher
+# drops output still in flight when it kills the job (seen with Hydra: 3 of 40
+# tracebacks lost without the pause), and after a timeout every rank gets to
+# dump its stacks, not only the first one to fire.
+ABORT_GRACE_S = 2.0
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
-    if _mpi_run(config) and _world().Get_rank() != 0:
-        # Runs before the terminal reporter binds sys.stdout: rank > 0 stays quiet.
+    if not _mpi_run(config):
+        return
+    comm = _world()
+    expected = os.environ.get("PYHPC_TEST_RANKS")
+    if expected and int(expected) != comm.Get_size():
+        # e.g. an mpiexec of another MPI started N one-rank jobs: every
+        # multi-rank test would be skipped and the run would read as green.
+        raise pytest.UsageError(
+            f"PYHPC_TEST_RANKS={expected} but MPI.COMM_WORLD has {comm.Get_size()} rank(s): "
+            f"the launcher does not match the MPI pyhpc was built against")
+    if comm.Get_rank() != 0:
+        # Runs before the terminal reporter binds sys.stdout: rank > 0 stays quiet,
+        # and only rank 0 writes the JUnit report (one writer per file).
         sys.stdout = open(os.devnull, "w")
+        config.option.xmlpath = None
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -69,6 +89,7 @@ def pytest_runtest_makereport(item, call):
             f"\n==== rank {comm.Get_rank()}: {item.nodeid} failed in {report.when}; "
             f"aborting the MPI job ====\n{report.longreprtext}\n")
         sys.stderr.flush()
+    time.sleep(ABORT_GRACE_S)
     comm.Abort(1)
 
 
@@ -99,10 +120,11 @@ def _abort_after_timeout(item, timeout: float) -> None:
         sys.stderr.flush()
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         sys.stderr.flush()
+    time.sleep(ABORT_GRACE_S)
     comm.Abort(1)
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_timeout_set_timer(item, settings):
     if not (_mpi_run(item.config) and settings.timeout and settings.timeout > 0):
         return None  # serial runs: pytest-timeout's own thread timer
@@ -113,7 +135,7 @@ def pytest_timeout_set_timer(item, settings):
     return True
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_timeout_cancel_timer(item):
     timer = getattr(item, "_pyhpc_timer", None)
     if timer is None:

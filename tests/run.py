@@ -12,6 +12,7 @@ the job (tests/conftest.py). Exit status is non-zero if any part failed.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -36,15 +37,23 @@ def count(junit: Path) -> dict[str, int]:
     return totals
 
 
-def run_part(name: str, cmd: list[str], junit: Path) -> tuple[str, int, dict[str, int], float]:
+def run_part(name: str, cmd: list[str], junit: Path, ranks: int = 0) -> tuple[str, int, dict[str, int], float]:
     print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
+    env = dict(os.environ)
+    if ranks:
+        env["PYHPC_TEST_RANKS"] = str(ranks)  # conftest fails the job if MPI disagrees
     start = time.monotonic()
     try:
-        rc = subprocess.run(cmd, cwd=TESTS, timeout=PART_LIMIT_S, stdin=subprocess.DEVNULL).returncode
+        rc = subprocess.run(cmd, cwd=TESTS, timeout=PART_LIMIT_S, stdin=subprocess.DEVNULL,
+                            env=env).returncode
     except subprocess.TimeoutExpired:
         print(f"=== {name}: over {PART_LIMIT_S} s, stopped", flush=True)
         rc = 124
-    return name, rc, count(junit), time.monotonic() - start
+    counts = count(junit)
+    if rc == 0 and ranks and counts.get("passed", 0) == 0:
+        print(f"=== {name}: no multi-rank test passed; counting the part as failed", flush=True)
+        rc = 1
+    return name, rc, counts, time.monotonic() - start
 
 
 def main() -> int:
@@ -61,9 +70,10 @@ def main() -> int:
         for n in [int(x) for x in args.ranks.split(",") if x]:
             junit = Path(tmp) / f"mpi{n}.xml"
             results.append(run_part(
-                f"{n} ranks", [sys.executable, "-m", "pyhpc", "run", "-n", str(n), "python", "-m",
+                f"{n} ranks", [sys.executable, "-m", "pyhpc", "run", "-n", str(n),
+                               "--timeout", str(PART_LIMIT_S), "python", "-m",
                                "pytest", *common, "--with-mpi", "-m", "mpi", "-q",
-                               f"--junitxml={junit}", *pytest_args, str(TESTS)], junit))
+                               f"--junitxml={junit}", *pytest_args, str(TESTS)], junit, ranks=n))
     print("\n=== summary")
     total = 0
     for name, rc, c, seconds in results:

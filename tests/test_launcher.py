@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -68,12 +69,13 @@ def test_openmpi5_flags(monkeypatch):
     assert preload.startswith("LD_PRELOAD=") and preload.endswith("libpyhpc_interpose.so:/x.so")
 
 
-def test_openmpi4_flags_and_no_oversubscribe_when_it_fits(monkeypatch):
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+def test_openmpi4_permits_oversubscription_and_keeps_user_settings():
     _, env = build_command(4, ["./a.out"], environ={}, launcher=Launcher("m", "openmpi", "4.1.4"))
     assert env["OMPI_MCA_rmaps_base_oversubscribe"] == "1"
-    _, env = build_command(2, ["./a.out"], environ={}, launcher=Launcher("m", "openmpi", "4.1.4"))
-    assert "OMPI_MCA_rmaps_base_oversubscribe" not in env
+    assert "PRTE_MCA_rmaps_default_mapping_policy" not in env
+    _, env = build_command(2, ["./a.out"], environ={"OMPI_MCA_rmaps_base_oversubscribe": "0"},
+                           launcher=Launcher("m", "openmpi", "4.1.4"))
+    assert env["OMPI_MCA_rmaps_base_oversubscribe"] == "0"  # the user's choice wins
 
 
 def test_mpich_preload_goes_through_genv():
@@ -91,8 +93,30 @@ def test_enclosing_job_context_is_not_inherited():
               "OMPI_MCA_btl": "self,vader", "PMIX_MCA_gds": "hash", "PATH": "/bin"}
     _, env = build_command(2, ["./a.out"], environ=env_in, launcher=Launcher("m", "openmpi", "4.1.4"))
     assert env == {"OMPI_MCA_btl": "self,vader", "PMIX_MCA_gds": "hash", "PATH": "/bin",
+                   "OMPI_MCA_rmaps_base_oversubscribe": "1",
                    **({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
                       if os.geteuid() == 0 else {})}
+
+
+def test_leading_double_dash_is_dropped():
+    cmd, _ = build_command(2, ["--", "./a.out", "x"], environ={}, launcher=Launcher("m", "mpich", "5"))
+    assert cmd[-2:] == ["./a.out", "x"] and "--" not in cmd
+
+
+def test_launcher_of_another_mpi_is_refused(monkeypatch):
+    from pyhpc import mpi_build
+
+    other = "openmpi" if mpi_build.built().family == "mpich" else "mpich"
+    with pytest.raises(pyhpc.InvalidArgumentError, match="PYHPC_MPIEXEC"):
+        launcher.check_matches_build(Launcher("/x/mpiexec", other, "5.0"))
+    launcher.check_matches_build(Launcher("/x/mpiexec", mpi_build.built().family, "5.0"))
+
+
+@pytest.mark.parametrize("value", [-1, float("nan"), float("inf"), "soon"])
+def test_bad_timeouts_are_rejected(value):
+    with pytest.raises(pyhpc.InvalidArgumentError, match="timeout"):
+        launcher.check_timeout(value)
+    assert launcher.check_timeout(0) is None and launcher.check_timeout(2.5) == 2.5
 
 
 def test_pyhpc_mpiexec_setting_must_exist(monkeypatch):
@@ -130,3 +154,34 @@ def test_run_timeout_kills_the_job(tmp_path):
     prog.write_text("import time\ntime.sleep(600)\n")
     out = pyhpc_run("-n", "2", "--timeout", "3", str(prog))
     assert out.returncode == 124 and "killing it" in out.stderr
+
+
+def test_killing_pyhpc_run_ends_every_rank(tmp_path):
+    # Even SIGKILL, which pyhpc cannot catch: mpiexec is told to stop when its
+    # parent dies, and takes the ranks with it.
+    prog = tmp_path / "sleeper.py"
+    prog.write_text("import os, sys, time\n"
+                    "from mpi4py import MPI\n"
+                    f"open(os.path.join({str(tmp_path)!r}, f'pid{{MPI.COMM_WORLD.rank}}'), 'w')"
+                    ".write(str(os.getpid()))\n"
+                    "time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-m", "pyhpc", "run", "-n", "2", str(prog)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        pids = []
+        deadline = time.monotonic() + 60
+        while len(pids) < 2 and time.monotonic() < deadline:
+            pids = [int(p.read_text()) for p in tmp_path.glob("pid*") if p.read_text()]
+            time.sleep(0.1)
+        assert len(pids) == 2, "the ranks never started"
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 30
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in pids if os.path.exists(f"/proc/{p}")
+                 and open(f"/proc/{p}/stat").read().split()[2] != "Z"]
+        time.sleep(0.2)
+    assert not alive, f"ranks {alive} outlived pyhpc run"

@@ -1,44 +1,17 @@
 #include "bench/mpi_loops.hpp"
 
-#include <sys/mman.h>
-
-#include <algorithm>
 #include <climits>
-#include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <memory>
 
+#include "bench/buffer.hpp"
 #include "common/mpi_check.hpp"
 
 namespace pyhpc {
 
 namespace {
 
-// Buffers placed the way numpy places the arrays of the mpi4py loops they are
-// compared with (64-byte aligned; from 4 MiB up, the pages inside advised to be
-// transparent huge pages, as numpy's allocator does), so a difference in time
-// is the cost of Python and mpi4py, not of where the memory came from.
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-using Buffer = std::unique_ptr<char, FreeDeleter>;
-
-Buffer make_buffer(size_t nbytes, int fill) {
-  const size_t size = (std::max<size_t>(nbytes, 1) + 63) / 64 * 64;  // aligned_alloc wants a multiple
-  char* p = static_cast<char*>(std::aligned_alloc(64, size));
-  if (p == nullptr) return Buffer();
-#ifdef MADV_HUGEPAGE
-  constexpr size_t kPage = 4096;
-  if (nbytes >= (size_t{4} << 20)) {
-    const uintptr_t first = (reinterpret_cast<uintptr_t>(p) + kPage - 1) / kPage * kPage;
-    madvise(reinterpret_cast<void*>(first), nbytes - (first - reinterpret_cast<uintptr_t>(p)),
-            MADV_HUGEPAGE);
-  }
-#endif
-  std::memset(p, fill, size);  // fault every page in before timing
-  return Buffer(p);
-}
+using bench::Buffer;
+using bench::make_buffer;
 
 pyhpc_status check_reps(int warmup, int reps) {
   if (warmup < 0) return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "warmup must be >= 0, got %d", warmup);
@@ -73,6 +46,11 @@ pyhpc_status pingpong(MPI_Comm comm, size_t nbytes, int warmup, int reps,
       PYHPC_MPI_CHECK(MPI_Send(buf.get(), n, MPI_BYTE, 0, 0, comm));
     }
   }
+  // Rank 1 started with ones and must now hold rank 0's zeros: the bytes moved.
+  if (rank == 1) {
+    for (size_t i = 0; i < nbytes; ++i)
+      if (buf.get()[i] != 0) return PYHPC_FAIL(PYHPC_ERR_MPI, "pingpong: byte %zu never arrived from rank 0", i);
+  }
   return PYHPC_OK;
 }
 
@@ -98,6 +76,11 @@ pyhpc_status allreduce_sum(MPI_Comm comm, size_t count, int warmup, int reps,
     PYHPC_MPI_CHECK(MPI_Allreduce(&dt, &worst, 1, MPI_DOUBLE, MPI_MAX, comm));
     if (i >= 0) (*seconds)[static_cast<size_t>(i)] = worst;
   }
+  int size = 0;
+  PYHPC_MPI_CHECK(MPI_Comm_size(comm, &size));
+  for (size_t i = 0; i < count; ++i)  // each rank contributed 1.0 per element
+    if (out[i] != static_cast<double>(size))
+      return PYHPC_FAIL(PYHPC_ERR_MPI, "allreduce: element %zu is %g, expected %d", i, out[i], size);
   return PYHPC_OK;
 }
 

@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "bench/memcpy_limit.hpp"
 #include "common/mpi_info.hpp"
 #include "common/status.hpp"
 #include "python/raise_status.hpp"
@@ -31,6 +32,18 @@ PYBIND11_MODULE(_core, m) {
       d[py::int_(s)] = pyhpc_status_name(static_cast<pyhpc_status>(s));
     return d;
   }, "Every pyhpc_status code and its C name.");
+
+  m.def("memcpy_seconds", [](size_t nbytes, int warmup, int reps) {
+    std::vector<double> seconds;
+    pyhpc_status s;
+    {
+      py::gil_scoped_release release;
+      s = pyhpc::bench::memcpy_seconds(nbytes, warmup, reps, &seconds);
+    }
+    pyhpc::check(s);
+    return seconds;
+  }, py::arg("nbytes"), py::arg("warmup"), py::arg("reps"),
+     "Seconds of one memcpy of nbytes per repetition, timed in C++ (the memcpy limit).");
 
   // Exercises the binding edge end to end: a core failure with a trail of
   // PYHPC_CHECK sites becomes the pyhpc.Error subclass for `code`.
