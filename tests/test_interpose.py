@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,21 +15,41 @@ from pyhpc import _build_info, interpose
 PROGRAMS = Path(__file__).parent / "programs"
 
 
-@pytest.fixture(scope="module")
-def hello_mpi(tmp_path_factory) -> Path:
-    exe = tmp_path_factory.mktemp("bin") / "hello_mpi"
-    subprocess.run([_build_info.MPI_C_COMPILER, str(PROGRAMS / "hello_mpi.c"), "-o", str(exe)],
+def compile_program(tmp_path_factory, name: str) -> Path:
+    exe = tmp_path_factory.mktemp("bin") / name
+    subprocess.run([_build_info.MPI_C_COMPILER, str(PROGRAMS / f"{name}.c"), "-o", str(exe)],
                    check=True, timeout=120)
     return exe
 
 
-def pyhpc_run(*args: str, log: bool) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop("PYHPC_INTERPOSE_LOG", None)
+@pytest.fixture(scope="module")
+def hello_mpi(tmp_path_factory) -> Path:
+    return compile_program(tmp_path_factory, "hello_mpi")
+
+
+@pytest.fixture(scope="module")
+def pack_types(tmp_path_factory) -> Path:
+    return compile_program(tmp_path_factory, "pack_types")
+
+
+def pyhpc_run(*args: str, log: bool = False, **settings: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYHPC_INTERPOSE")}
+    env.pop("PYHPC_SYSTEM_MODEL", None)
     if log:
         env["PYHPC_INTERPOSE_LOG"] = "1"
-    return subprocess.run([sys.executable, "-m", "pyhpc", "run", *args], capture_output=True,
-                          text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
+    env.update(settings)
+    return subprocess.run([sys.executable, "-m", "pyhpc", "run", "--timeout", "120", *args],
+                          capture_output=True, text=True, timeout=180, env=env,
+                          stdin=subprocess.DEVNULL)
+
+
+def stats(stderr: str) -> dict[str, tuple[int, int]]:
+    """{call: (intercepted, served by pyhpc's engine)} from PYHPC_INTERPOSE_STATS output."""
+    line = next(line for line in stderr.splitlines() if ": stats:" in line)
+    found = {}
+    for name, n, engine in re.findall(r"(MPI_\w+\*?)=(\d+)(?:\(pyhpc (\d+)\))?", line):
+        found[name] = (int(n), int(engine or 0))
+    return found
 
 
 def test_exports_only_mpi_symbols():
@@ -36,7 +57,8 @@ def test_exports_only_mpi_symbols():
                          capture_output=True, text=True, check=True)
     names = [line.split()[-1] for line in out.stdout.splitlines() if line.strip()]
     assert names and all(name.startswith("MPI_") for name in names), names
-    assert {"MPI_Init", "MPI_Init_thread", "MPI_Finalize"} <= set(names)
+    assert {"MPI_Init", "MPI_Init_thread", "MPI_Finalize", "MPI_Type_commit", "MPI_Type_free",
+            "MPI_Pack", "MPI_Unpack", "MPI_Pack_size"} <= set(names)
 
 
 def test_c_program_runs_through_the_interposer(hello_mpi):
@@ -69,3 +91,38 @@ def test_mpi4py_program_runs_through_the_interposer():
     # mpi4py initialises with MPI_Init_thread; both ranks must be seen.
     for rank in (0, 1):
         assert f"pyhpc-interpose[{rank}]: MPI_Init_thread" in out.stderr
+
+
+def test_pack_program_is_byte_identical_through_pyhpcs_engine(pack_types):
+    plain = pyhpc_run("-n", "1", str(pack_types))
+    assert plain.returncode == 0, plain.stderr
+    served = pyhpc_run("-n", "1", "--interpose", str(pack_types),
+                       PYHPC_INTERPOSE_STRATEGY="pyhpc", PYHPC_INTERPOSE_STATS="1")
+    assert served.returncode == 0, served.stderr
+    assert served.stdout == plain.stdout  # digests of every packed buffer
+    assert "ROUND-TRIP-FAILED" not in served.stdout and served.stdout.count(" ok") == 8
+    counts = stats(served.stderr)
+    # 8 types, each packed twice and unpacked once; the struct goes to the system MPI.
+    assert counts["MPI_Pack"] == (16, 14) and counts["MPI_Unpack"] == (8, 7)
+
+
+@pytest.mark.parametrize("strategy", ["system", "auto"])
+def test_engine_stays_out_unless_told_or_measured(pack_types, strategy):
+    # "auto" with no system model must not guess: the system MPI keeps every call.
+    out = pyhpc_run("-n", "1", "--interpose", str(pack_types),
+                    PYHPC_INTERPOSE_STRATEGY=strategy, PYHPC_INTERPOSE_STATS="1")
+    assert out.returncode == 0, out.stderr
+    assert stats(out.stderr)["MPI_Pack"] == (16, 0)
+
+
+def test_mpi4py_pack_reaches_the_engine():
+    # With MPICH, mpi4py calls MPI_Pack_c; the interposer must see it either way.
+    code = ("import numpy as np; from mpi4py import MPI; "
+            "t = MPI.INT.Create_vector(10, 1, 2).Commit(); a = np.arange(19, dtype=np.int32); "
+            "o = np.empty(40, np.uint8); t.Pack(a, o, 0, MPI.COMM_WORLD); "
+            "print(o.view(np.int32).tolist())")
+    out = pyhpc_run("-n", "1", "--interpose", "python", "-c", code,
+                    PYHPC_INTERPOSE_STRATEGY="pyhpc", PYHPC_INTERPOSE_STATS="1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(list(range(0, 19, 2)))
+    assert stats(out.stderr)["MPI_Pack"] == (1, 1)

@@ -6,6 +6,10 @@
 
 namespace pyhpc::datatype {
 
+// MPI is called through its PMPI_ names here: under the interposer these
+// queries (and the frees of the handles they return) must not re-enter
+// pyhpc's own MPI_* overrides.
+
 namespace {
 
 // What MPI_Type_get_contents returned for one constructor, as one list of its
@@ -23,7 +27,7 @@ struct Contents {
     for (MPI_Datatype& t : types) {
       int ni, na, nd, combiner;
       if (envelope(t, &ni, &na, &nd, &combiner) == MPI_SUCCESS && combiner != MPI_COMBINER_NAMED)
-        MPI_Type_free(&t);
+        PMPI_Type_free(&t);
     }
   }
 
@@ -31,13 +35,13 @@ struct Contents {
   static int envelope(MPI_Datatype t, int* ni, int* na, int* nd, int* combiner) {
 #if MPI_VERSION >= 4
     MPI_Count ci, ca, cc, cd;
-    int rc = MPI_Type_get_envelope_c(t, &ci, &ca, &cc, &cd, combiner);
+    int rc = PMPI_Type_get_envelope_c(t, &ci, &ca, &cc, &cd, combiner);
     *ni = static_cast<int>(ci);
     *na = static_cast<int>(ca);
     *nd = static_cast<int>(cd);
     return rc;
 #else
-    return MPI_Type_get_envelope(t, ni, na, nd, combiner);
+    return PMPI_Type_get_envelope(t, ni, na, nd, combiner);
 #endif
   }
 };
@@ -45,13 +49,13 @@ struct Contents {
 pyhpc_status get_contents(MPI_Datatype type, Contents* c) {
 #if MPI_VERSION >= 4
   MPI_Count ni = 0, na = 0, nc = 0, nd = 0;
-  PYHPC_MPI_CHECK(MPI_Type_get_envelope_c(type, &ni, &na, &nc, &nd, &c->combiner));
+  PYHPC_MPI_CHECK(PMPI_Type_get_envelope_c(type, &ni, &na, &nc, &nd, &c->combiner));
   if (c->combiner == MPI_COMBINER_NAMED) return PYHPC_OK;
   std::vector<int> ints(static_cast<size_t>(ni));
   std::vector<MPI_Aint> addrs(static_cast<size_t>(na));
   std::vector<MPI_Count> counts(static_cast<size_t>(nc));
   c->types.resize(static_cast<size_t>(nd));
-  PYHPC_MPI_CHECK(MPI_Type_get_contents_c(type, ni, na, nc, nd, ints.data(), addrs.data(),
+  PYHPC_MPI_CHECK(PMPI_Type_get_contents_c(type, ni, na, nc, nd, ints.data(), addrs.data(),
                                           counts.data(), c->types.data()));
   if (nc > 0 && c->combiner == MPI_COMBINER_SUBARRAY && ints.size() == 2) {
     // Large-count subarray: ints = {ndims, order}, counts = {sizes, subsizes, starts}.
@@ -65,12 +69,12 @@ pyhpc_status get_contents(MPI_Datatype type, Contents* c) {
   c->args.insert(c->args.end(), counts.begin(), counts.end());
 #else
   int ni = 0, na = 0, nd = 0;
-  PYHPC_MPI_CHECK(MPI_Type_get_envelope(type, &ni, &na, &nd, &c->combiner));
+  PYHPC_MPI_CHECK(PMPI_Type_get_envelope(type, &ni, &na, &nd, &c->combiner));
   if (c->combiner == MPI_COMBINER_NAMED) return PYHPC_OK;
   std::vector<int> ints(static_cast<size_t>(ni));
   std::vector<MPI_Aint> addrs(static_cast<size_t>(na));
   c->types.resize(static_cast<size_t>(nd));
-  PYHPC_MPI_CHECK(MPI_Type_get_contents(type, ni, na, nd, ints.data(), addrs.data(), c->types.data()));
+  PYHPC_MPI_CHECK(PMPI_Type_get_contents(type, ni, na, nd, ints.data(), addrs.data(), c->types.data()));
   c->args.assign(ints.begin(), ints.end());
   c->args.insert(c->args.end(), addrs.begin(), addrs.end());
 #endif
@@ -131,7 +135,7 @@ pyhpc_status describe(MPI_Datatype type, int depth, Described* out);
 
 pyhpc_status extent_of(MPI_Datatype type, int64_t* extent) {
   MPI_Aint lb = 0, ext = 0;
-  PYHPC_MPI_CHECK(MPI_Type_get_extent(type, &lb, &ext));
+  PYHPC_MPI_CHECK(PMPI_Type_get_extent(type, &lb, &ext));
   *extent = static_cast<int64_t>(ext);
   return PYHPC_OK;
 }
@@ -139,8 +143,8 @@ pyhpc_status extent_of(MPI_Datatype type, int64_t* extent) {
 pyhpc_status describe_named(MPI_Datatype type, Described* out) {
   int size = 0;
   MPI_Aint lb = 0, extent = 0;
-  PYHPC_MPI_CHECK(MPI_Type_size(type, &size));
-  PYHPC_MPI_CHECK(MPI_Type_get_extent(type, &lb, &extent));
+  PYHPC_MPI_CHECK(PMPI_Type_size(type, &size));
+  PYHPC_MPI_CHECK(PMPI_Type_get_extent(type, &lb, &extent));
   // Pair types such as MPI_DOUBLE_INT have padding between their members.
   if (lb != 0 || extent != size) {
     *out = unsupported("a predefined type with gaps (size " + std::to_string(size) + ", extent " +
@@ -286,8 +290,8 @@ pyhpc_status canonicalize(MPI_Datatype type, Canonical* out) {
     return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "datatype is MPI_DATATYPE_NULL");
   MPI_Aint lb = 0, extent = 0;
   int size = 0;
-  PYHPC_MPI_CHECK(MPI_Type_get_extent(type, &lb, &extent));
-  PYHPC_MPI_CHECK(MPI_Type_size(type, &size));
+  PYHPC_MPI_CHECK(PMPI_Type_get_extent(type, &lb, &extent));
+  PYHPC_MPI_CHECK(PMPI_Type_size(type, &size));
   out->lb = lb;
   out->extent = extent;
   out->size = size;

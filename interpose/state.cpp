@@ -1,0 +1,159 @@
+#include "interpose/state.hpp"
+
+#include <atomic>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <shared_mutex>
+#include <sstream>
+#include <unordered_map>
+
+namespace pyhpc::interpose {
+
+namespace {
+
+bool env_flag(const char* name, bool fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || v[0] == '\0') return fallback;
+  return !(std::strcmp(v, "0") == 0 || strcasecmp(v, "false") == 0 || strcasecmp(v, "no") == 0 ||
+           strcasecmp(v, "off") == 0);
+}
+
+Settings read_settings() {
+  Settings s;
+  s.enabled = env_flag("PYHPC_INTERPOSE", true);
+  s.log = env_flag("PYHPC_INTERPOSE_LOG", false);
+  s.stats = env_flag("PYHPC_INTERPOSE_STATS", false);
+  const char* strategy = std::getenv("PYHPC_INTERPOSE_STRATEGY");
+  if (strategy && std::strcmp(strategy, "pyhpc") == 0) s.strategy = Strategy::kPyhpc;
+  else if (strategy && std::strcmp(strategy, "system") == 0) s.strategy = Strategy::kSystem;
+  else if (strategy && strategy[0] != '\0' && std::strcmp(strategy, "auto") != 0)
+    std::fprintf(stderr, "pyhpc-interpose: PYHPC_INTERPOSE_STRATEGY=%s is not auto, pyhpc or system; using auto\n",
+                 strategy);
+  if (const char* path = std::getenv("PYHPC_SYSTEM_MODEL")) s.model_path = path;
+  return s;
+}
+
+constexpr const char* kNames[kNumCalls] = {
+  "MPI_Init", "MPI_Init_thread", "MPI_Finalize", "MPI_Type_commit", "MPI_Type_free", "MPI_Pack",
+  "MPI_Unpack", "MPI_Pack_size", "MPI_Send", "MPI_Isend", "MPI_Recv", "MPI_Irecv", "MPI_Sendrecv",
+  "MPI_Wait*", "MPI_Test*", "MPI_Request_free", "MPI_Alltoallv", "MPI_Neighbor_alltoallv",
+  "MPI_Neighbor_alltoallw",
+};
+
+std::atomic<uint64_t> g_calls[kNumCalls];
+std::atomic<uint64_t> g_engine[kNumCalls];
+
+int world_rank() {
+  int initialized = 0, finalized = 0, rank = -1;
+  PMPI_Initialized(&initialized);
+  PMPI_Finalized(&finalized);
+  if (initialized && !finalized) PMPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  return rank;
+}
+
+// ---- type cache --------------------------------------------------------------
+std::shared_mutex g_types_mutex;
+std::unordered_map<MPI_Datatype, std::shared_ptr<const datatype::Canonical>> g_types;
+
+// ---- system model: op -> block size -> engine wins ------------------------------
+std::map<std::string, std::map<int64_t, bool>> g_model;
+bool g_model_loaded = false;
+
+}  // namespace
+
+const Settings& settings() {
+  static const Settings s = read_settings();
+  return s;
+}
+
+void count(Call call, bool engine) {
+  g_calls[call].fetch_add(1, std::memory_order_relaxed);
+  if (engine) g_engine[call].fetch_add(1, std::memory_order_relaxed);
+  if (settings().log) log_line("%s%s", kNames[call], engine ? " (pyhpc engine)" : "");
+}
+
+void log_line(const char* fmt, ...) {
+  char text[512];
+  va_list ap;
+  va_start(ap, fmt);
+  std::vsnprintf(text, sizeof text, fmt, ap);
+  va_end(ap);
+  std::fprintf(stderr, "pyhpc-interpose[%d]: %s\n", world_rank(), text);
+}
+
+void print_stats() {
+  if (!settings().stats) return;
+  std::ostringstream os;
+  for (int c = 0; c < kNumCalls; ++c) {
+    const uint64_t n = g_calls[c].load(), e = g_engine[c].load();
+    if (n == 0) continue;
+    os << " " << kNames[c] << "=" << n;
+    if (e) os << "(pyhpc " << e << ")";
+  }
+  log_line("stats:%s", os.str().c_str());
+}
+
+void remember_type(MPI_Datatype type) {
+  auto canonical = std::make_shared<datatype::Canonical>();
+  if (datatype::canonicalize(type, canonical.get()) != PYHPC_OK) {
+    clear_last_error();
+    return;  // leave the type to the system MPI
+  }
+  if (settings().log)
+    log_line("type committed: %s", canonical->supported ? canonical->layout.describe().c_str()
+                                                        : canonical->why_not.c_str());
+  if (!canonical->supported) return;
+  std::unique_lock lock(g_types_mutex);
+  g_types[type] = std::move(canonical);
+}
+
+void forget_type(MPI_Datatype type) {
+  std::unique_lock lock(g_types_mutex);
+  g_types.erase(type);
+}
+
+std::shared_ptr<const datatype::Canonical> find_type(MPI_Datatype type) {
+  std::shared_lock lock(g_types_mutex);
+  auto it = g_types.find(type);
+  return it == g_types.end() ? nullptr : it->second;
+}
+
+void load_model() {
+  const std::string& path = settings().model_path;
+  if (path.empty() || g_model_loaded) return;
+  g_model_loaded = true;
+  std::ifstream in(path);
+  if (!in) {
+    log_line("cannot read PYHPC_SYSTEM_MODEL=%s; passing host buffers to the system MPI", path.c_str());
+    return;
+  }
+  // Lines: "<op> <block bytes> <pyhpc seconds> <system seconds>"; '#' comments.
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream fields(line);
+    std::string op;
+    int64_t block = 0;
+    double mine = 0, theirs = 0;
+    if (fields >> op >> block >> mine >> theirs) g_model[op][block] = mine < theirs;
+  }
+}
+
+bool engine_wins(const char* op, int64_t block) {
+  const Settings& s = settings();
+  if (!s.enabled || s.strategy == Strategy::kSystem) return false;
+  if (s.strategy == Strategy::kPyhpc) return true;
+  auto it = g_model.find(op);
+  if (it == g_model.end() || it->second.empty()) return false;
+  // The measured block size nearest below (or the smallest measured).
+  auto at = it->second.upper_bound(block);
+  if (at != it->second.begin()) --at;
+  return at->second;
+}
+
+}  // namespace pyhpc::interpose
