@@ -123,24 +123,53 @@ std::shared_ptr<const datatype::Canonical> find_type(MPI_Datatype type) {
   return it == g_types.end() ? nullptr : it->second;
 }
 
+std::string default_model_path() {
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && xdg[0])
+    return std::string(xdg) + "/pyhpc/system-model.txt";
+  if (const char* home = std::getenv("HOME"); home && home[0])
+    return std::string(home) + "/.cache/pyhpc/system-model.txt";
+  return "";
+}
+
+std::string loaded_mpi_first_line() {
+  char text[MPI_MAX_LIBRARY_VERSION_STRING];
+  int len = 0;
+  if (PMPI_Get_library_version(text, &len) != MPI_SUCCESS) return "";
+  std::string v(text, strnlen(text, static_cast<size_t>(len)));
+  return v.substr(0, v.find('\n'));
+}
+
 void load_model() {
-  const std::string& path = settings().model_path;
-  if (path.empty() || g_model_loaded) return;
+  if (g_model_loaded) return;
   g_model_loaded = true;
+  const bool explicit_path = !settings().model_path.empty();
+  const std::string path = explicit_path ? settings().model_path : default_model_path();
+  if (path.empty()) return;
   std::ifstream in(path);
   if (!in) {
-    log_line("cannot read PYHPC_SYSTEM_MODEL=%s; passing host buffers to the system MPI", path.c_str());
+    if (explicit_path || settings().log)
+      log_line("cannot read the system model %s; host buffers go to the system MPI", path.c_str());
     return;
   }
-  // Lines: "<op> <block bytes> <pyhpc seconds> <system seconds>"; '#' comments.
+  // "# mpi: <first line of MPI_Get_library_version>", then lines
+  // "<op> <block bytes> <pyhpc seconds> <system seconds>"; other '#' lines are comments.
+  // A model measured under another MPI says nothing about this one.
   std::string line;
+  const std::string mpi = loaded_mpi_first_line();
   while (std::getline(in, line)) {
+    if (line.rfind("# mpi: ", 0) == 0 && line.substr(7) != mpi) {
+      log_line("system model %s was measured under '%s', not '%s': ignored (rerun pyhpc measure-system)",
+               path.c_str(), line.substr(7).c_str(), mpi.c_str());
+      g_model.clear();
+      return;
+    }
     if (line.empty() || line[0] == '#') continue;
     std::istringstream fields(line);
     std::string op;
     int64_t block = 0;
     double mine = 0, theirs = 0;
-    if (fields >> op >> block >> mine >> theirs) g_model[op][block] = mine < theirs;
+    // Only a clear win counts: within 10% is noise, and the system MPI keeps it.
+    if (fields >> op >> block >> mine >> theirs) g_model[op][block] = mine < 0.9 * theirs;
   }
 }
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import platform
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 
@@ -85,6 +86,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return launcher.run(args.nprocs, args.program, interpose=args.interpose, timeout=args.timeout)
 
 
+def cmd_measure_system(args: argparse.Namespace) -> int:
+    from . import system_model
+
+    path = Path(args.out) if args.out else system_model.default_path()
+    rows = system_model.measure(quick=args.quick)
+    system_model.write(path, rows)
+    print(f"{'op':<7} {'block':>8} {'pyhpc':>10} {'system':>10}  faster")
+    for op, block, mine, theirs in rows:
+        print(f"{op:<7} {block:>8} {mine * 1e6:>8.1f}us {theirs * 1e6:>8.1f}us  "
+              f"{'pyhpc' if mine < theirs else 'system'}")
+    print(f"\nwrote {path}; the interposer reads it "
+          f"{'by default' if not args.out else 'with PYHPC_SYSTEM_MODEL=' + str(path)}")
+    return 0
+
+
 def cmd_bench(argv: Sequence[str]) -> int:
     from . import bench  # type: ignore[attr-defined]  # installed from bench/ by CMake
 
@@ -108,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="kill the whole job after this many seconds (default: PYHPC_RUN_TIMEOUT)")
     p_run.add_argument("program", nargs=argparse.REMAINDER, help="prog.py args... or any command")
 
+    p_measure = sub.add_parser("measure-system",
+                               help="time the system MPI's MPI_Pack/Unpack against pyhpc's engine "
+                                    "and write the model the interposer decides by")
+    p_measure.add_argument("--out", help="file to write (default: PYHPC_SYSTEM_MODEL, else "
+                                         "~/.cache/pyhpc/system-model.txt)")
+    p_measure.add_argument("--quick", action="store_true", help="fewer block sizes, smaller buffers")
+
     # `bench` parses its own options (pyhpc.bench.main); listed here for --help.
     sub.add_parser("bench", help="benchmarks against their baselines (pyhpc bench --help)",
                    add_help=False)
@@ -125,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "info":
             return cmd_info(args)
+        if args.command == "measure-system":
+            return cmd_measure_system(args)
         return cmd_run(args)
     except pyhpc.Error as exc:
         print(f"pyhpc {command}: {exc}", file=sys.stderr)

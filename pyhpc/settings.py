@@ -59,7 +59,9 @@ REGISTRY: dict[str, Setting] = {
                 "host buffers: `auto` (the system model decides; without one, the system MPI), "
                 "`pyhpc` (always pyhpc's engine) or `system` (never)", "interposer"),
         Setting("PYHPC_SYSTEM_MODEL", str, None,
-                "file written by `pyhpc measure-system` that `auto` decides from", "interposer"),
+                "file written by `pyhpc measure-system` that `auto` decides from; default "
+                "`$XDG_CACHE_HOME/pyhpc/system-model.txt` (else `~/.cache/pyhpc/...`)",
+                "interposer"),
         Setting("PYHPC_BENCH_DIR", str, "bench/results",
                 "where `pyhpc bench` writes its JSON and PNG results"),
         Setting("PYHPC_RUN_TIMEOUT", float, 0.0,

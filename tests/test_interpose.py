@@ -35,6 +35,8 @@ def pack_types(tmp_path_factory) -> Path:
 def pyhpc_run(*args: str, log: bool = False, **settings: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYHPC_INTERPOSE")}
     env.pop("PYHPC_SYSTEM_MODEL", None)
+    # Not the user's own measured model (~/.cache/pyhpc): tests state theirs.
+    env["XDG_CACHE_HOME"] = "/nonexistent/pyhpc-tests"
     if log:
         env["PYHPC_INTERPOSE_LOG"] = "1"
     env.update(settings)

@@ -62,6 +62,18 @@ cdef extern from "datatype/engine.hpp":
         char* buf, int64_t buf_len) nogil
 
 
+cdef extern from "datatype/measure.hpp" namespace "pyhpc::datatype":
+    cdef cppclass PackTiming:
+        string op
+        int64_t block
+        double pyhpc_s
+        double system_s
+
+cdef extern from "datatype/measure.hpp":
+    pyhpc_status c_measure_pack "pyhpc::datatype::measure_pack" (
+        const vector[int64_t]& blocks, int64_t total, int reps, vector[PackTiming]* out) nogil
+
+
 cdef int check(pyhpc_status status) except -1:
     if status != PYHPC_OK:
         message = pyhpc_last_error_message().decode("utf-8", "replace")
@@ -144,3 +156,15 @@ def unpack(Datatype datatype not None, int64_t count, const unsigned char[::1] p
     with nogil:
         s = c_unpack(c, count, src, packed.shape[0], dst, buf.shape[0])
     check(s)
+
+
+def measure_pack(blocks, int64_t total, int reps):
+    """[(op, block, pyhpc seconds, system seconds)]: MPI_Pack/Unpack against
+    pyhpc's engine on a byte vector, per block size (see pyhpc measure-system)."""
+    cdef vector[int64_t] b = [int(x) for x in blocks]
+    cdef vector[PackTiming] out
+    cdef pyhpc_status s
+    with nogil:
+        s = c_measure_pack(b, total, reps, &out)
+    check(s)
+    return [(t.op.decode(), t.block, t.pyhpc_s, t.system_s) for t in out]
