@@ -1,4 +1,5 @@
 // MPI_Init / MPI_Init_thread / MPI_Finalize: load the system model, report.
+#include "interpose/requests.hpp"
 #include "interpose/state.hpp"
 
 namespace pi = pyhpc::interpose;
@@ -19,6 +20,7 @@ PYHPC_EXPORT int MPI_Init_thread(int* argc, char*** argv, int required, int* pro
 
 PYHPC_EXPORT int MPI_Finalize(void) {
   pi::count(pi::kFinalize);
+  pi::finish_orphans();  // released requests of ours must land before MPI goes away
   pi::print_stats();
   return PMPI_Finalize();
 }

@@ -5,9 +5,7 @@
 // then also reports any error exactly as it would without the interposer.
 #include <cstdint>
 
-#include "datatype/engine.hpp"
 #include "datatype/pack_host.hpp"
-#include "interpose/device_ptr.hpp"
 #include "interpose/state.hpp"
 
 namespace pi = pyhpc::interpose;
@@ -15,20 +13,7 @@ namespace dt = pyhpc::datatype;
 
 namespace {
 
-// The layout to use for count elements of type, or null if this call must go
-// to the system MPI.
-bool engine_layout(const char* op, const void* strided, const void* packed, int64_t count,
-                   MPI_Datatype type, MPI_Comm comm, dt::Strided* layout) {
-  if (!pi::settings().enabled || count < 0 || comm == MPI_COMM_NULL) return false;
-  auto canonical = pi::find_type(type);
-  if (canonical == nullptr || canonical->size == 0) return false;
-  if (pi::is_device_pointer(strided) || pi::is_device_pointer(packed)) return false;
-  if (dt::layout_for(*canonical, count, layout) != PYHPC_OK) {
-    pyhpc::clear_last_error();
-    return false;
-  }
-  return pi::engine_wins(op, layout->block);
-}
+using pi::engine_layout;
 
 template <class Count>
 int pack(const void* inbuf, Count incount, MPI_Datatype type, void* outbuf, Count outsize,

@@ -1,5 +1,8 @@
 #include "interpose/state.hpp"
 
+#include "datatype/engine.hpp"
+#include "interpose/device_ptr.hpp"
+
 #include <atomic>
 #include <cstdarg>
 #include <cstdio>
@@ -131,12 +134,19 @@ std::string default_model_path() {
   return "";
 }
 
+std::string trim(const std::string& s) {
+  const size_t a = s.find_first_not_of(" \t\r");
+  const size_t b = s.find_last_not_of(" \t\r");
+  return a == std::string::npos ? "" : s.substr(a, b - a + 1);
+}
+
+// First line of MPI_Get_library_version, trimmed (pyhpc measure-system writes it the same way).
 std::string loaded_mpi_first_line() {
   char text[MPI_MAX_LIBRARY_VERSION_STRING];
   int len = 0;
   if (PMPI_Get_library_version(text, &len) != MPI_SUCCESS) return "";
   std::string v(text, strnlen(text, static_cast<size_t>(len)));
-  return v.substr(0, v.find('\n'));
+  return trim(v.substr(0, v.find('\n')));
 }
 
 void load_model() {
@@ -157,7 +167,7 @@ void load_model() {
   std::string line;
   const std::string mpi = loaded_mpi_first_line();
   while (std::getline(in, line)) {
-    if (line.rfind("# mpi: ", 0) == 0 && line.substr(7) != mpi) {
+    if (line.rfind("# mpi: ", 0) == 0 && trim(line.substr(7)) != mpi) {
       log_line("system model %s was measured under '%s', not '%s': ignored (rerun pyhpc measure-system)",
                path.c_str(), line.substr(7).c_str(), mpi.c_str());
       g_model.clear();
@@ -183,6 +193,19 @@ bool engine_wins(const char* op, int64_t block) {
   auto at = it->second.upper_bound(block);
   if (at != it->second.begin()) --at;
   return at->second;
+}
+
+bool engine_layout(const char* op, const void* strided, const void* packed, int64_t count,
+                   MPI_Datatype type, MPI_Comm comm, datatype::Strided* layout) {
+  if (!settings().enabled || count < 0 || comm == MPI_COMM_NULL) return false;
+  auto canonical = find_type(type);
+  if (canonical == nullptr || canonical->size == 0) return false;
+  if (is_device_pointer(strided) || is_device_pointer(packed)) return false;
+  if (datatype::layout_for(*canonical, count, layout) != PYHPC_OK) {
+    clear_last_error();
+    return false;
+  }
+  return engine_wins(op, layout->block);
 }
 
 }  // namespace pyhpc::interpose

@@ -54,4 +54,11 @@ bool engine_wins(const char* op, int64_t block);
 // Loads the model file if configured (called from MPI_Init*).
 void load_model();
 
+// Should pyhpc's engine move `count` elements of `type` between the strided
+// user buffer and a packed one for `op` ("pack" or "unpack")? True only for a
+// committed type with a strided form, host memory, a valid count and
+// communicator and a block size the engine wins; then *layout is set.
+bool engine_layout(const char* op, const void* strided, const void* packed, int64_t count,
+                   MPI_Datatype type, MPI_Comm comm, datatype::Strided* layout);
+
 }  // namespace pyhpc::interpose

@@ -38,10 +38,17 @@ def measure(quick: bool = False) -> list[tuple[str, int, float, float]]:
     return _mpi.measure_pack(blocks, (1 << 20) if quick else (4 << 20), 7 if quick else 15)
 
 
+def mpi_first_line(library_version: str) -> str:
+    """First line of MPI_Get_library_version, trimmed, NULs dropped (Open MPI
+    counts its terminating NUL); the interposer compares it the same way."""
+    text = library_version.replace("\0", "")
+    return text.splitlines()[0].strip() if text.strip() else ""
+
+
 def render(rows: list[tuple[str, int, float, float]]) -> str:
     from mpi4py import MPI
 
-    mpi = MPI.Get_library_version().strip().splitlines()[0]
+    mpi = mpi_first_line(MPI.Get_library_version())
     lines = [
         "# pyhpc system model v1: written by `pyhpc measure-system`, read by libpyhpc_interpose.so",
         f"# mpi: {mpi}",

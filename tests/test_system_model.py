@@ -10,7 +10,9 @@ from mpi4py import MPI
 
 from test_interpose import pack_types, pyhpc_run, stats  # noqa: F401 - fixture and helpers
 
-MPI_LINE = MPI.Get_library_version().strip().splitlines()[0]
+from pyhpc.system_model import mpi_first_line  # noqa: E402
+
+MPI_LINE = mpi_first_line(MPI.Get_library_version())
 
 
 def test_measure_system_writes_a_model_for_this_mpi(tmp_path):

@@ -84,6 +84,24 @@ void unpack_host(const Strided& layout, const char* packed, char* base) {
   run<false>(layout, base, const_cast<char*>(packed));  // unpack only reads through packed
 }
 
+void unpack_host_prefix(const Strided& s, const char* packed, int64_t nbytes, char* base) {
+  if (nbytes >= s.size()) return unpack_host(s, packed, base);
+  if (nbytes <= 0 || s.block == 0) return;
+  // Rare path (a short message): a plain odometer over every run, no specialisation.
+  int64_t idx[kMaxDims] = {};
+  while (nbytes > 0) {
+    char* q = base + s.offset;
+    for (int d = 0; d < s.ndims; ++d) q += idx[d] * s.stride[d];
+    const int64_t n = nbytes < s.block ? nbytes : s.block;
+    std::memcpy(q, packed, static_cast<size_t>(n));
+    packed += n;
+    nbytes -= n;
+    int d = s.ndims - 1;
+    while (d >= 0 && ++idx[d] == s.count[d]) idx[d--] = 0;
+    if (d < 0) return;
+  }
+}
+
 void byte_span(const Strided& s, int64_t* lo, int64_t* hi) {
   if (s.block == 0) {
     *lo = *hi = 0;

@@ -15,6 +15,10 @@ namespace pyhpc::datatype {
 void pack_host(const Strided& layout, const char* base, char* packed);
 void unpack_host(const Strided& layout, const char* packed, char* base);
 
+// Unpacks only the first `nbytes` of the packed stream (a message shorter than
+// the receive buffer): whole runs, then the head of the next one.
+void unpack_host_prefix(const Strided& layout, const char* packed, int64_t nbytes, char* base);
+
 // Lowest and one-past-highest byte offset (relative to base) the layout
 // touches; both 0 for an empty layout. For bounds checks before packing.
 void byte_span(const Strided& layout, int64_t* lo, int64_t* hi);

@@ -1,0 +1,88 @@
+#include "interpose/requests.hpp"
+
+#include <atomic>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "datatype/pack_host.hpp"
+
+namespace pyhpc::interpose {
+
+namespace {
+std::mutex g_mutex;
+std::unordered_map<MPI_Request, std::unique_ptr<Pending>> g_pending;
+std::atomic<size_t> g_count{0};
+std::vector<std::pair<MPI_Request, std::unique_ptr<Pending>>> g_orphans;
+
+MPI_Count bytes_received(const MPI_Status* status) {
+#if MPI_VERSION >= 4
+  MPI_Count n = 0;
+  PMPI_Get_count_c(status, MPI_BYTE, &n);
+#else
+  int n = 0;
+  PMPI_Get_count(status, MPI_BYTE, &n);
+#endif
+  return n;
+}
+}  // namespace
+
+void track(MPI_Request request, std::unique_ptr<Pending> pending) {
+  std::lock_guard lock(g_mutex);
+  g_pending[request] = std::move(pending);
+  g_count.fetch_add(1, std::memory_order_release);
+}
+
+bool any_tracked() { return g_count.load(std::memory_order_acquire) > 0; }
+
+std::unique_ptr<Pending> take(MPI_Request request) {
+  if (request == MPI_REQUEST_NULL || !any_tracked()) return nullptr;
+  std::lock_guard lock(g_mutex);
+  auto it = g_pending.find(request);
+  if (it == g_pending.end()) return nullptr;
+  std::unique_ptr<Pending> pending = std::move(it->second);
+  g_pending.erase(it);
+  g_count.fetch_sub(1, std::memory_order_release);
+  return pending;
+}
+
+void finish(const Pending& pending, const MPI_Status* status) {
+  if (!pending.receive) return;
+  int cancelled = 0;
+  PMPI_Test_cancelled(status, &cancelled);
+  if (cancelled) return;
+  datatype::unpack_host_prefix(pending.layout, pending.staging.get(), bytes_received(status),
+                               pending.user_buf);
+}
+
+void orphan(MPI_Request request, std::unique_ptr<Pending> pending) {
+  std::lock_guard lock(g_mutex);
+  g_orphans.emplace_back(request, std::move(pending));
+}
+
+void progress_orphans() {
+  std::lock_guard lock(g_mutex);
+  for (size_t i = 0; i < g_orphans.size();) {
+    int done = 0;
+    MPI_Status status;
+    PMPI_Test(&g_orphans[i].first, &done, &status);
+    if (done) {
+      finish(*g_orphans[i].second, &status);
+      g_orphans.erase(g_orphans.begin() + static_cast<long>(i));
+    } else {
+      ++i;
+    }
+  }
+}
+
+void finish_orphans() {
+  std::lock_guard lock(g_mutex);
+  for (auto& [request, pending] : g_orphans) {
+    MPI_Status status;
+    PMPI_Wait(&request, &status);
+    finish(*pending, &status);
+  }
+  g_orphans.clear();
+}
+
+}  // namespace pyhpc::interpose

@@ -1,0 +1,40 @@
+// Requests the interposer started itself (an Isend of packed bytes, an Irecv
+// into a staging buffer) stay ordinary MPI requests: the application holds the
+// system MPI's own handle, so every completion call works on it. What is left
+// to do when one completes (unpack a receive, free the staging buffer) is kept
+// here, keyed by that handle, and done by the completion overrides.
+#pragma once
+
+#include <mpi.h>
+
+#include <memory>
+
+#include "datatype/strided.hpp"
+
+namespace pyhpc::interpose {
+
+struct Pending {
+  std::unique_ptr<char[]> staging;
+  bool receive = false;
+  datatype::Strided layout;  // receive: where the arrived bytes go
+  char* user_buf = nullptr;
+};
+
+void track(MPI_Request request, std::unique_ptr<Pending> pending);
+
+// Fast path: false when no request of ours is outstanding.
+bool any_tracked();
+
+// The pending action of `request`, removed from the table; null if not ours.
+std::unique_ptr<Pending> take(MPI_Request request);
+
+// Completes a pending action: unpacks a receive that was not cancelled.
+void finish(const Pending& pending, const MPI_Status* status);
+
+// A request of ours that the application released with MPI_Request_free: the
+// interposer still owns its staging buffer, so it completes it later itself.
+void orphan(MPI_Request request, std::unique_ptr<Pending> pending);
+void progress_orphans();  // tests them (called from every completion call)
+void finish_orphans();    // waits for them (MPI_Finalize)
+
+}  // namespace pyhpc::interpose
