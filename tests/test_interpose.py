@@ -13,23 +13,24 @@ import pytest
 from pyhpc import _build_info, interpose
 
 PROGRAMS = Path(__file__).parent / "programs"
+BENCH_PROGRAMS = Path(__file__).resolve().parent.parent / "bench" / "programs"
 
 
-def compile_program(tmp_path_factory, name: str) -> Path:
-    exe = tmp_path_factory.mktemp("bin") / name
-    subprocess.run([_build_info.MPI_C_COMPILER, str(PROGRAMS / f"{name}.c"), "-o", str(exe)],
+def compile_program(tmp_path_factory, source: Path) -> Path:
+    exe = tmp_path_factory.mktemp("bin") / source.stem
+    subprocess.run([_build_info.MPI_C_COMPILER, "-O2", str(source), "-o", str(exe)],
                    check=True, timeout=120)
     return exe
 
 
 @pytest.fixture(scope="module")
 def hello_mpi(tmp_path_factory) -> Path:
-    return compile_program(tmp_path_factory, "hello_mpi")
+    return compile_program(tmp_path_factory, PROGRAMS / "hello_mpi.c")
 
 
 @pytest.fixture(scope="module")
 def pack_types(tmp_path_factory) -> Path:
-    return compile_program(tmp_path_factory, "pack_types")
+    return compile_program(tmp_path_factory, PROGRAMS / "pack_types.c")
 
 
 def pyhpc_run(*args: str, log: bool = False, **settings: str) -> subprocess.CompletedProcess:
@@ -132,7 +133,7 @@ def test_mpi4py_pack_reaches_the_engine():
 
 @pytest.fixture(scope="module")
 def halo3d(tmp_path_factory) -> Path:
-    return compile_program(tmp_path_factory, "halo3d")
+    return compile_program(tmp_path_factory, BENCH_PROGRAMS / "halo3d.c")
 
 
 @pytest.mark.parametrize("ranks", [2, 4])
