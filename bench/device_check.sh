@@ -24,7 +24,7 @@ cd "$(dirname "$0")/.."
 WHEELS=${PYHPC_WHEELS:-.whl}
 VENV=${PYHPC_DEVICE_VENV:-/tmp/pyhpc-device-venv}
 # GPU benchmarks to run; each capability with a GPU path adds its name here.
-GPU_BENCHMARKS=(gpu_copy)
+GPU_BENCHMARKS=(gpu_copy gpu_pack)
 
 start=$SECONDS
 stamp() { echo "=== [$(( SECONDS - start )) s] $*"; }
@@ -55,7 +55,7 @@ else
   echo "!!! no wheels in $WHEELS: MPI (mpich) and pytest-mpi must already be installed"
 fi
 
-step 210 "build pyhpc (PYHPC_ENABLE_CUDA=ON, native arch)" env PYHPC_ENABLE_CUDA=ON \
+step 180 "build pyhpc (PYHPC_ENABLE_CUDA=ON, native arch)" env PYHPC_ENABLE_CUDA=ON \
   "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir \
   -Cbuild-dir=build/device -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=native .
 "$VENV/bin/pyhpc" info --json > "$OUT/info.json" || failed=1
@@ -64,7 +64,7 @@ cat "$OUT/info.json"
 step 150 "tests (serial, 2 and 4 ranks; GPU tests included)" \
   bash -o pipefail -c "'$PY' tests/run.py 2>&1 | tee '$OUT/tests.log'"
 
-step 60 "GPU benchmarks: ${GPU_BENCHMARKS[*]}" "$VENV/bin/pyhpc" bench --quick \
+step 90 "GPU benchmarks: ${GPU_BENCHMARKS[*]}" "$VENV/bin/pyhpc" bench --quick \
   --out "$OUT/bench" "${GPU_BENCHMARKS[@]}"
 
 stamp "done (failed=$failed)"

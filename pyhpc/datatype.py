@@ -77,11 +77,19 @@ def pack_size(datatype: Any, count: int = 1) -> int:
     return _check_count(count) * canonicalize(datatype).size
 
 
-def pack(buf: Any, datatype: Any, count: int = 1, out: np.ndarray | None = None) -> np.ndarray:
+def pack(buf: Any, datatype: Any, count: int = 1, out: Any = None) -> Any:
     """Packs `count` elements of `datatype` laid over `buf` into a uint8 array
-    (`out` if given, which must hold pack_size bytes), as MPI_Pack would."""
+    (`out` if given, which must hold pack_size bytes), as MPI_Pack would.
+
+    A cupy `buf` is packed on its GPU by pyhpc's CUDA kernels into a cupy
+    uint8 array (`out`, if given, must be a C-contiguous cupy array too), on
+    cupy's current stream for that GPU; pack synchronises that stream before
+    it returns, so the bytes are ready for any stream and the host. Host and
+    device arrays cannot be mixed in one call."""
     datatype = _check_datatype(datatype)
     count = _check_count(count)
+    if _on_device(buf) or _on_device(out):
+        return _pack_device(buf, datatype, count, out)
     src = _byte_view(buf, "buf", writable=False)
     if out is None:
         out = np.empty(pack_size(datatype, count), dtype=np.uint8)
@@ -92,12 +100,95 @@ def pack(buf: Any, datatype: Any, count: int = 1, out: np.ndarray | None = None)
 
 def unpack(packed: Any, buf: Any, datatype: Any, count: int = 1) -> Any:
     """Scatters `packed` bytes into `count` elements of `datatype` laid over
-    `buf` (as MPI_Unpack would) and returns `buf`."""
+    `buf` (as MPI_Unpack would) and returns `buf`.
+
+    With cupy arrays (both must be: host and device cannot be mixed) the
+    bytes are scattered on `buf`'s GPU by pyhpc's CUDA kernels, on cupy's
+    current stream for that GPU, which unpack synchronises before it returns."""
     datatype = _check_datatype(datatype)
     count = _check_count(count)
+    if _on_device(packed) or _on_device(buf):
+        return _unpack_device(packed, buf, datatype, count)
     src = _byte_view(packed, "packed", writable=False)
     dst = _byte_view(buf, "buf", writable=True)
     _mpi().unpack(datatype, count, src, dst)
+    return buf
+
+
+# ---- device (cupy) buffers: pyhpc._cuda's kernels ---------------------------------
+
+def _on_device(obj: Any) -> bool:
+    """Whether obj claims to be a cupy array. Decided from its type's module
+    alone, so that routing never imports cupy (or needs a GPU) for host data."""
+    return type(obj).__module__.startswith("cupy")
+
+
+def _same_side(first: str, a: Any, second: str, b: Any) -> None:
+    if _on_device(a) != _on_device(b):
+        where = {True: "a device (cupy) array", False: "a host buffer"}
+        raise InvalidArgumentError(
+            f"{second}: {where[_on_device(b)]}, but {first} is {where[_on_device(a)]}; "
+            f"pack and unpack need both on the host or both on the device")
+
+
+def _device_engine(name: str) -> tuple[Any, Any]:
+    """pyhpc._cuda and cupy, or UnsupportedError naming the argument that needed them."""
+    from . import cuda
+
+    ext = cuda.extension()
+    if ext is None:
+        raise UnsupportedError(f"{name}: device (cupy) buffers need pyhpc's CUDA pack engine, and this "
+                               f"pyhpc was built without CUDA (rebuild with nvcc on PATH, or "
+                               f"PYHPC_ENABLE_CUDA=ON)")
+    cp = cuda.cupy()
+    if cp is None:
+        raise UnsupportedError(f"{name}: a cupy array was passed but cupy cannot be imported here")
+    return ext, cp
+
+
+def _device_array(cp: Any, obj: Any, name: str) -> Any:
+    if not isinstance(obj, cp.ndarray):
+        raise InvalidArgumentError(f"{name}: expected a cupy.ndarray, got {type(obj).__module__}."
+                                   f"{type(obj).__name__}")
+    if not obj.flags.c_contiguous:
+        raise InvalidArgumentError(f"{name}: the buffer must be C-contiguous")
+    return obj
+
+
+def _device_layout(datatype: Any) -> dict[str, Any]:
+    """The layout dict pyhpc._cuda takes; the same error as the host path when there is none."""
+    info = _mpi().canonicalize(datatype)
+    if not info["supported"]:
+        raise UnsupportedError(f"datatype has no strided form: {info['why_not']}")
+    return info
+
+
+def _pack_device(buf: Any, datatype: Any, count: int, out: Any) -> Any:
+    if out is not None:
+        _same_side("buf", buf, "out", out)
+    ext, cp = _device_engine("buf")  # buf is on the device here: out is too, or None
+    src = _device_array(cp, buf, "buf")
+    layout = _device_layout(datatype)
+    with src.device:  # the kernels run on buf's GPU, on that GPU's current stream
+        if out is None:
+            out = cp.empty(count * layout["size"], dtype=cp.uint8)
+        dst = _device_array(cp, out, "out")
+        stream = cp.cuda.get_current_stream()
+        ext.pack(layout, count, src.data.ptr, src.nbytes, dst.data.ptr, dst.nbytes, stream.ptr)
+        stream.synchronize()
+    return out
+
+
+def _unpack_device(packed: Any, buf: Any, datatype: Any, count: int) -> Any:
+    _same_side("packed", packed, "buf", buf)
+    ext, cp = _device_engine("packed")
+    src = _device_array(cp, packed, "packed")
+    dst = _device_array(cp, buf, "buf")
+    layout = _device_layout(datatype)
+    with dst.device:  # the kernels run on buf's GPU, on that GPU's current stream
+        stream = cp.cuda.get_current_stream()
+        ext.unpack(layout, count, src.data.ptr, src.nbytes, dst.data.ptr, dst.nbytes, stream.ptr)
+        stream.synchronize()
     return buf
 
 
@@ -119,9 +210,6 @@ def _check_count(count: Any) -> int:
 
 def _byte_view(obj: Any, name: str, *, writable: bool) -> Any:
     """A flat uint8 view of a C-contiguous host buffer, without copying."""
-    if type(obj).__module__.startswith("cupy"):
-        raise UnsupportedError(f"{name}: device (cupy) buffers need the CUDA pack engine, "
-                               f"which this build of pyhpc does not have yet")
     try:
         view = memoryview(obj)
     except TypeError:

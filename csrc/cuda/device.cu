@@ -2,21 +2,9 @@
 
 #include <cuda_runtime.h>
 
+#include "cuda/check.hpp"
+
 namespace pyhpc::cuda {
-
-namespace {
-pyhpc_status cuda_fail(cudaError_t err, const char* call, const char* file, int line) {
-  return ::pyhpc::fail(PYHPC_ERR_CUDA, file, line, "%s failed: %s (%s)", call,
-                       cudaGetErrorString(err), cudaGetErrorName(err));
-}
-}  // namespace
-
-#define PYHPC_CUDA_CHECK(call)                                           \
-  do {                                                                   \
-    cudaError_t pyhpc_cuda_err_ = (call);                                \
-    if (pyhpc_cuda_err_ != cudaSuccess)                                  \
-      return cuda_fail(pyhpc_cuda_err_, #call, __FILE__, __LINE__);      \
-  } while (0)
 
 pyhpc_status device_count(int* count) {
   cudaError_t err = cudaGetDeviceCount(count);
