@@ -171,3 +171,15 @@ def test_mpi4py_point_to_point_with_derived_types(interpose):
         counts = stats(out.stderr)  # the first rank's line: traffic went through the engine
         assert counts["MPI_Isend"][1] == 6 and counts["MPI_Irecv"][1] == 6
         assert counts["MPI_Sendrecv"] == (1, 1)
+
+
+def test_bad_input_gets_the_system_mpis_own_errors():
+    # Uncommitted and null types, too-small buffers, a position past the end:
+    # whatever the system MPI answers (an error class, or, for MPICH 5.0's
+    # unchecked pack size, success), the interposer answers the same.
+    program = str(PROGRAMS / "bad_input.py")
+    plain = pyhpc_run("-n", "1", program)
+    served = pyhpc_run("-n", "1", "--interpose", program, PYHPC_INTERPOSE_STRATEGY="pyhpc")
+    assert plain.returncode == 0 and served.returncode == 0, plain.stderr + served.stderr
+    assert plain.stdout.count("\n") == 6 and "pack uncommitted: error class" in plain.stdout
+    assert served.stdout == plain.stdout
