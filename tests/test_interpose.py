@@ -61,7 +61,10 @@ def test_exports_only_mpi_symbols():
     names = [line.split()[-1] for line in out.stdout.splitlines() if line.strip()]
     assert names and all(name.startswith("MPI_") for name in names), names
     assert {"MPI_Init", "MPI_Init_thread", "MPI_Finalize", "MPI_Type_commit", "MPI_Type_free",
-            "MPI_Pack", "MPI_Unpack", "MPI_Pack_size"} <= set(names)
+            "MPI_Pack", "MPI_Unpack", "MPI_Pack_size", "MPI_Send", "MPI_Recv", "MPI_Isend",
+            "MPI_Irecv", "MPI_Sendrecv", "MPI_Wait", "MPI_Waitall", "MPI_Waitany", "MPI_Waitsome",
+            "MPI_Test", "MPI_Testall", "MPI_Testany", "MPI_Testsome", "MPI_Request_free",
+            "MPI_Alltoallv", "MPI_Neighbor_alltoallv", "MPI_Neighbor_alltoallw"} <= set(names)
 
 
 def test_c_program_runs_through_the_interposer(hello_mpi):
@@ -137,7 +140,7 @@ def halo3d(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("ranks", [2, 4])
-@pytest.mark.parametrize("mode", ["isend", "sendrecv"])
+@pytest.mark.parametrize("mode", ["isend", "sendrecv", "neighbor"])
 def test_halo_exchange_is_bit_identical_through_the_engine(halo3d, ranks, mode):
     plain = pyhpc_run("-n", str(ranks), str(halo3d), "10", "4", mode)
     assert plain.returncode == 0, plain.stderr
@@ -147,6 +150,9 @@ def test_halo_exchange_is_bit_identical_through_the_engine(halo3d, ranks, mode):
     digest = plain.stdout.splitlines()[0]
     assert digest.startswith("digest ") and served.stdout.splitlines()[0] == digest
     counts = stats(served.stderr)
+    if mode == "neighbor":  # one MPI_Neighbor_alltoallw of 6 faces per iteration
+        assert counts["MPI_Neighbor_alltoallw"] == (4, 4), counts
+        return
     calls = ["MPI_Isend", "MPI_Irecv"] if mode == "isend" else ["MPI_Sendrecv"]
     for call in calls:  # 6 faces x 4 iterations, every one through pyhpc's engine
         assert counts[call] == (24, 24), counts
@@ -183,3 +189,17 @@ def test_bad_input_gets_the_system_mpis_own_errors():
     assert plain.returncode == 0 and served.returncode == 0, plain.stderr + served.stderr
     assert plain.stdout.count("\n") == 6 and "pack uncommitted: error class" in plain.stdout
     assert served.stdout == plain.stdout
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+@pytest.mark.parametrize("interpose", [False, True])
+def test_mpi4py_alltoallv_and_neighbor_exchanges_with_derived_types(ranks, interpose):
+    program = str(PROGRAMS / "alltoall_types.py")
+    args = ["-n", str(ranks), *(["--interpose"] if interpose else []), program]
+    out = pyhpc_run(*args, PYHPC_INTERPOSE_STRATEGY="pyhpc", PYHPC_INTERPOSE_STATS="1")
+    assert out.returncode == 0, out.stderr
+    assert "alltoall_types: all checks passed" in out.stdout
+    if interpose:
+        counts = stats(out.stderr)
+        for call in ("MPI_Alltoallv", "MPI_Neighbor_alltoallv", "MPI_Neighbor_alltoallw"):
+            assert counts[call] == (1, 1), counts
