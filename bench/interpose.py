@@ -38,14 +38,16 @@ def compile_program(name: str, into: Path) -> Path:
     return exe
 
 
-def run_job(ranks: int, argv: list[str], interpose: bool) -> dict[str, str]:
-    """One job; its `key value` output lines as a dict."""
+def run_job(ranks: int, argv: list[str], interpose: bool, cwd: Path) -> dict[str, str]:
+    """One job; its `key value` output lines as a dict. Runs in `cwd`, away from
+    the current directory: `python -m pyhpc` in a pyhpc checkout would import
+    the uncompiled source tree."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYHPC_INTERPOSE")}
     env["PYHPC_INTERPOSE_STRATEGY"] = "pyhpc"
     cmd = [sys.executable, "-m", "pyhpc", "run", "-n", str(ranks), "--timeout", "300",
            *(["--interpose"] if interpose else []), *argv]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400,
-                         stdin=subprocess.DEVNULL)
+                         stdin=subprocess.DEVNULL, cwd=cwd)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr[-2000:]}")
     fields = {}
@@ -67,7 +69,7 @@ def run(ctx: Context) -> list[Measurement]:
         ns = {False: [], True: []}
         for _ in range(reps):
             for interpose in (False, True):
-                ns[interpose].append(float(run_job(2, [str(pingpong), trips], interpose)["ns_per_message"]))
+                ns[interpose].append(float(run_job(2, [str(pingpong), trips], interpose, Path(tmp))["ns_per_message"]))
         for interpose, role, impl in ((True, "pyhpc", "with the interposer"),
                                       (False, "baseline", "system MPI alone")):
             rows.append(Measurement("pass-through 8 B send", impl, role, [t * 1e-9 for t in ns[interpose]]))
@@ -84,7 +86,7 @@ def run(ctx: Context) -> list[Measurement]:
             for _ in range(reps):
                 digests = {}
                 for interpose in (False, True):
-                    fields = run_job(ranks, [str(halo), str(n), iterations], interpose)
+                    fields = run_job(ranks, [str(halo), str(n), iterations], interpose, Path(tmp))
                     seconds[interpose].append(float(fields["seconds_per_exchange"]))
                     digests[interpose] = fields["digest"]
                 if digests[True] != digests[False]:
