@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "datatype/pack_host.hpp"
+#include "interpose/device_path.hpp"
 #include "interpose/requests.hpp"
 #include "interpose/state.hpp"
 
@@ -61,9 +62,27 @@ template <class Count>
 using SendrecvFn = int (*)(const void*, Count, MPI_Datatype, int, int, void*, Count, MPI_Datatype,
                            int, int, MPI_Comm, MPI_Status*);
 
+// A failure of the interposer's own (an allocation, a CUDA call) reaches the
+// application the way MPI reports errors: through the communicator's handler.
+int fail_call(MPI_Comm comm, int error_class) {
+  pi::log_line("%s", pyhpc::last_error().c_str());
+  pyhpc::clear_last_error();
+  PMPI_Comm_call_errhandler(comm, error_class);
+  return error_class;
+}
+
+int no_memory(MPI_Comm comm) { return fail_call(comm, MPI_ERR_NO_MEM); }
+
 template <class Count>
 int send(const void* buf, Count count, MPI_Datatype type, int dest, int tag, MPI_Comm comm,
          SendFn<Count> system) {
+  pi::DevicePlan plan;
+  if (dest != MPI_PROC_NULL && pi::device_plan(buf, count, type, comm, &plan) && fits<Count>(plan.layout)) {
+    pi::Staging staging;
+    if (pi::device_pack(plan, buf, &staging) != PYHPC_OK) return fail_call(comm, MPI_ERR_OTHER);
+    pi::count(pi::kSend, true);
+    return system(staging.data(), static_cast<Count>(plan.layout.size()), MPI_PACKED, dest, tag, comm);
+  }
   dt::Strided layout;
   if (dest != MPI_PROC_NULL && buf != nullptr &&
       pi::engine_layout("pack", buf, nullptr, count, type, comm, &layout) && fits<Count>(layout)) {
@@ -79,6 +98,18 @@ int send(const void* buf, Count count, MPI_Datatype type, int dest, int tag, MPI
 template <class Count>
 int recv(void* buf, Count count, MPI_Datatype type, int source, int tag, MPI_Comm comm,
          MPI_Status* status, RecvFn<Count> system) {
+  pi::DevicePlan plan;
+  if (source != MPI_PROC_NULL && pi::device_plan(buf, count, type, comm, &plan) && fits<Count>(plan.layout)) {
+    pi::Staging staging;
+    if (pi::device_receive_staging(plan, &staging) != PYHPC_OK) return no_memory(comm);
+    MPI_Status local;
+    MPI_Status* st = status == MPI_STATUS_IGNORE ? &local : status;
+    pi::count(pi::kRecv, true);
+    int rc = system(staging.data(), static_cast<Count>(plan.layout.size()), MPI_PACKED, source, tag, comm, st);
+    if (rc == MPI_SUCCESS && pi::device_unpack(plan, staging, received_bytes(st), buf) != PYHPC_OK)
+      return fail_call(comm, MPI_ERR_OTHER);
+    return rc;
+  }
   dt::Strided layout;
   if (source != MPI_PROC_NULL && buf != nullptr &&
       pi::engine_layout("unpack", buf, nullptr, count, type, comm, &layout) && fits<Count>(layout)) {
@@ -98,13 +129,25 @@ int recv(void* buf, Count count, MPI_Datatype type, int source, int tag, MPI_Com
 template <class Count>
 int isend(const void* buf, Count count, MPI_Datatype type, int dest, int tag, MPI_Comm comm,
           MPI_Request* request, IsendFn<Count> system) {
+  pi::DevicePlan plan;
+  if (dest != MPI_PROC_NULL && request != nullptr && pi::device_plan(buf, count, type, comm, &plan) &&
+      fits<Count>(plan.layout)) {
+    auto pending = std::make_unique<pi::Pending>();
+    if (pi::device_pack(plan, buf, &pending->staging) != PYHPC_OK) return fail_call(comm, MPI_ERR_OTHER);
+    int rc = system(pending->staging.data(), static_cast<Count>(plan.layout.size()), MPI_PACKED, dest, tag,
+                    comm, request);
+    if (rc == MPI_SUCCESS) pi::track(*request, std::move(pending));
+    pi::count(pi::kIsend, true);
+    return rc;
+  }
   dt::Strided layout;
   if (dest != MPI_PROC_NULL && buf != nullptr && request != nullptr &&
       pi::engine_layout("pack", buf, nullptr, count, type, comm, &layout) && fits<Count>(layout)) {
     auto pending = std::make_unique<pi::Pending>();
-    pending->staging.reset(new char[static_cast<size_t>(layout.size())]);
-    dt::pack_host(layout, static_cast<const char*>(buf), pending->staging.get());
-    int rc = system(pending->staging.get(), static_cast<Count>(layout.size()), MPI_PACKED, dest, tag,
+    if (!pending->staging.allocate(pi::Staging::Kind::kHost, static_cast<size_t>(layout.size())))
+      return no_memory(comm);
+    dt::pack_host(layout, static_cast<const char*>(buf), pending->staging.data());
+    int rc = system(pending->staging.data(), static_cast<Count>(layout.size()), MPI_PACKED, dest, tag,
                     comm, request);
     if (rc == MPI_SUCCESS) pi::track(*request, std::move(pending));
     pi::count(pi::kIsend, true);
@@ -117,15 +160,31 @@ int isend(const void* buf, Count count, MPI_Datatype type, int dest, int tag, MP
 template <class Count>
 int irecv(void* buf, Count count, MPI_Datatype type, int source, int tag, MPI_Comm comm,
           MPI_Request* request, IrecvFn<Count> system) {
+  pi::DevicePlan plan;
+  if (source != MPI_PROC_NULL && request != nullptr && pi::device_plan(buf, count, type, comm, &plan) &&
+      fits<Count>(plan.layout)) {
+    auto pending = std::make_unique<pi::Pending>();
+    if (pi::device_receive_staging(plan, &pending->staging) != PYHPC_OK) return no_memory(comm);
+    pending->receive = true;
+    pending->device = true;
+    pending->device_plan = plan;
+    pending->user_buf = static_cast<char*>(buf);
+    int rc = system(pending->staging.data(), static_cast<Count>(plan.layout.size()), MPI_PACKED, source, tag,
+                    comm, request);
+    if (rc == MPI_SUCCESS) pi::track(*request, std::move(pending));
+    pi::count(pi::kIrecv, true);
+    return rc;
+  }
   dt::Strided layout;
   if (source != MPI_PROC_NULL && buf != nullptr && request != nullptr &&
       pi::engine_layout("unpack", buf, nullptr, count, type, comm, &layout) && fits<Count>(layout)) {
     auto pending = std::make_unique<pi::Pending>();
-    pending->staging.reset(new char[static_cast<size_t>(layout.size())]);
+    if (!pending->staging.allocate(pi::Staging::Kind::kHost, static_cast<size_t>(layout.size())))
+      return no_memory(comm);
     pending->receive = true;
     pending->layout = layout;
     pending->user_buf = static_cast<char*>(buf);
-    int rc = system(pending->staging.get(), static_cast<Count>(layout.size()), MPI_PACKED, source, tag,
+    int rc = system(pending->staging.data(), static_cast<Count>(layout.size()), MPI_PACKED, source, tag,
                     comm, request);
     if (rc == MPI_SUCCESS) pi::track(*request, std::move(pending));
     pi::count(pi::kIrecv, true);

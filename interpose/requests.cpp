@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "datatype/pack_host.hpp"
+#include "interpose/state.hpp"
 
 namespace pyhpc::interpose {
 
@@ -51,7 +52,12 @@ void finish(const Pending& pending, const MPI_Status* status) {
   int cancelled = 0;
   PMPI_Test_cancelled(status, &cancelled);
   if (cancelled) return;
-  datatype::unpack_host_prefix(pending.layout, pending.staging.get(), bytes_received(status),
+  if (pending.device) {
+    if (device_unpack(pending.device_plan, pending.staging, bytes_received(status), pending.user_buf) != PYHPC_OK)
+      log_line("device unpack failed: %s", last_error().c_str());
+    return;
+  }
+  datatype::unpack_host_prefix(pending.layout, pending.staging.data(), bytes_received(status),
                                pending.user_buf);
 }
 

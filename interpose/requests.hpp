@@ -10,13 +10,17 @@
 #include <memory>
 
 #include "datatype/strided.hpp"
+#include "interpose/device_path.hpp"
+#include "interpose/staging.hpp"
 
 namespace pyhpc::interpose {
 
 struct Pending {
-  std::unique_ptr<char[]> staging;
+  Staging staging;
   bool receive = false;
-  datatype::Strided layout;  // receive: where the arrived bytes go
+  bool device = false;        // the user buffer is GPU memory: unpack with device_plan
+  datatype::Strided layout;   // host receive: where the arrived bytes go
+  DevicePlan device_plan;     // device receive
   char* user_buf = nullptr;
 };
 

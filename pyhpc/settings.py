@@ -58,6 +58,11 @@ REGISTRY: dict[str, Setting] = {
         Setting("PYHPC_INTERPOSE_STRATEGY", str, "auto",
                 "host buffers: `auto` (the system model decides; without one, the system MPI), "
                 "`pyhpc` (always pyhpc's engine) or `system` (never)", "interposer"),
+        Setting("PYHPC_INTERPOSE_DEVICE", str, "auto",
+                "GPU buffers: `device` (pack on the GPU, send device memory: CUDA-aware MPI), "
+                "`oneshot` (pack into pinned host memory), `staged` (pack on the GPU, copy to "
+                "pinned), `system` (leave them to the MPI); `auto`: `device` under a CUDA-aware "
+                "MPI, else `oneshot` below 1 MiB and `staged` above", "interposer"),
         Setting("PYHPC_SYSTEM_MODEL", str, None,
                 "file written by `pyhpc measure-system` that `auto` decides from; default "
                 "`$XDG_CACHE_HOME/pyhpc/system-model.txt` (else `~/.cache/pyhpc/...`)",
