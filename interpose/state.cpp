@@ -62,6 +62,9 @@ int world_rank() {
 // ---- type cache --------------------------------------------------------------
 std::shared_mutex g_types_mutex;
 std::unordered_map<MPI_Datatype, std::shared_ptr<const datatype::Canonical>> g_types;
+// Size of g_types, readable without the lock: a program that never commits a
+// type with a strided form pays one atomic load per call, not a lock.
+std::atomic<size_t> g_types_count{0};
 
 // ---- system model: op -> block size -> engine wins ------------------------------
 std::map<std::string, std::map<int64_t, bool>> g_model;
@@ -113,14 +116,18 @@ void remember_type(MPI_Datatype type) {
   if (!canonical->supported) return;
   std::unique_lock lock(g_types_mutex);
   g_types[type] = std::move(canonical);
+  g_types_count.store(g_types.size(), std::memory_order_release);
 }
 
 void forget_type(MPI_Datatype type) {
+  if (g_types_count.load(std::memory_order_acquire) == 0) return;
   std::unique_lock lock(g_types_mutex);
   g_types.erase(type);
+  g_types_count.store(g_types.size(), std::memory_order_release);
 }
 
 std::shared_ptr<const datatype::Canonical> find_type(MPI_Datatype type) {
+  if (g_types_count.load(std::memory_order_acquire) == 0) return nullptr;
   std::shared_lock lock(g_types_mutex);
   auto it = g_types.find(type);
   return it == g_types.end() ? nullptr : it->second;
