@@ -39,17 +39,6 @@ bool fits(const dt::Strided& layout) {
   return layout.size() <= static_cast<int64_t>(std::numeric_limits<Count>::max());
 }
 
-MPI_Count received_bytes(const MPI_Status* status) {
-#if MPI_VERSION >= 4
-  MPI_Count n = 0;
-  PMPI_Get_count_c(status, MPI_BYTE, &n);
-#else
-  int n = 0;
-  PMPI_Get_count(status, MPI_BYTE, &n);
-#endif
-  return n;
-}
-
 template <class Count>
 using SendFn = int (*)(const void*, Count, MPI_Datatype, int, int, MPI_Comm);
 template <class Count>
@@ -106,7 +95,7 @@ int recv(void* buf, Count count, MPI_Datatype type, int source, int tag, MPI_Com
     MPI_Status* st = status == MPI_STATUS_IGNORE ? &local : status;
     pi::count(pi::kRecv, true);
     int rc = system(staging.data(), static_cast<Count>(plan.layout.size()), MPI_PACKED, source, tag, comm, st);
-    if (rc == MPI_SUCCESS && pi::device_unpack(plan, staging, received_bytes(st), buf) != PYHPC_OK)
+    if (rc == MPI_SUCCESS && pi::device_unpack(plan, staging, pi::bytes_received(st), buf) != PYHPC_OK)
       return fail_call(comm, MPI_ERR_OTHER);
     return rc;
   }
@@ -119,7 +108,7 @@ int recv(void* buf, Count count, MPI_Datatype type, int source, int tag, MPI_Com
     pi::count(pi::kRecv, true);
     int rc = system(packed, static_cast<Count>(layout.size()), MPI_PACKED, source, tag, comm, st);
     if (rc == MPI_SUCCESS)
-      dt::unpack_host_prefix(layout, packed, received_bytes(st), static_cast<char*>(buf));
+      dt::unpack_host_prefix(layout, packed, pi::bytes_received(st), static_cast<char*>(buf));
     return rc;
   }
   pi::count(pi::kRecv);
@@ -227,7 +216,7 @@ int sendrecv(const void* sendbuf, Count sendcount, MPI_Datatype sendtype, int de
   int rc = system(sendbuf, sendcount, sendtype, dest, sendtag, recvbuf, recvcount, recvtype, source,
                   recvtag, comm, st);
   if (rc == MPI_SUCCESS && unpack_recv)
-    dt::unpack_host_prefix(rl, static_cast<const char*>(recvbuf), received_bytes(st),
+    dt::unpack_host_prefix(rl, static_cast<const char*>(recvbuf), pi::bytes_received(st),
                            static_cast<char*>(user_recv));
   return rc;
 }

@@ -15,6 +15,7 @@ std::mutex g_mutex;
 std::unordered_map<MPI_Request, std::unique_ptr<Pending>> g_pending;
 std::atomic<size_t> g_count{0};
 std::vector<std::pair<MPI_Request, std::unique_ptr<Pending>>> g_orphans;
+}  // namespace
 
 MPI_Count bytes_received(const MPI_Status* status) {
 #if MPI_VERSION >= 4
@@ -26,7 +27,6 @@ MPI_Count bytes_received(const MPI_Status* status) {
 #endif
   return n;
 }
-}  // namespace
 
 void track(MPI_Request request, std::unique_ptr<Pending> pending) {
   std::lock_guard lock(g_mutex);

@@ -24,6 +24,9 @@ struct Pending {
   char* user_buf = nullptr;
 };
 
+// Bytes a completed receive delivered (the packed length of what arrived).
+MPI_Count bytes_received(const MPI_Status* status);
+
 void track(MPI_Request request, std::unique_ptr<Pending> pending);
 
 // Fast path: false when no request of ours is outstanding.

@@ -24,7 +24,6 @@ pyhpc_status layout_for(const Canonical& type, int64_t count, Strided* out) {
   return PYHPC_OK;
 }
 
-namespace {
 pyhpc_status check_span(const Strided& s, int64_t buf_len, const char* name) {
   int64_t lo = 0, hi = 0;
   byte_span(s, &lo, &hi);
@@ -34,7 +33,6 @@ pyhpc_status check_span(const Strided& s, int64_t buf_len, const char* name) {
                       name, lo, hi, buf_len);
   return PYHPC_OK;
 }
-}  // namespace
 
 pyhpc_status pack(const Canonical& type, int64_t count, const char* buf, int64_t buf_len,
                   char* out, int64_t out_len) {

@@ -13,6 +13,10 @@ namespace pyhpc::datatype {
 // Layout of `count` consecutive elements (element i at i * extent).
 pyhpc_status layout_for(const Canonical& type, int64_t count, Strided* out);
 
+// PYHPC_ERR_INVALID_ARGUMENT naming `name` unless every byte the layout
+// touches lies in [0, buf_len) of its buffer (shared by the host and GPU engines).
+pyhpc_status check_span(const Strided& layout, int64_t buf_len, const char* name);
+
 // Packs count elements read from buf[0, buf_len) into out[0, out_len).
 pyhpc_status pack(const Canonical& type, int64_t count, const char* buf, int64_t buf_len,
                   char* out, int64_t out_len);

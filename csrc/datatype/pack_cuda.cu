@@ -216,17 +216,6 @@ pyhpc_status run(const Strided& s, char* base, char* packed, cudaStream_t stream
   return launch_word<kPack, uint64_t>(w, s, first, packed, total, max_grid, stream);
 }
 
-// The same bounds check, and message, as the host engine (engine.cpp).
-pyhpc_status check_span(const Strided& s, int64_t buf_len, const char* name) {
-  int64_t lo = 0, hi = 0;
-  byte_span(s, &lo, &hi);
-  if (lo < 0 || hi > buf_len)
-    return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT,
-                      "%s: the datatype touches bytes [%" PRId64 ", %" PRId64 ") but the buffer has %" PRId64,
-                      name, lo, hi, buf_len);
-  return PYHPC_OK;
-}
-
 // The address through which the current device reaches `p`, or an error
 // naming the argument when it cannot. Device memory must be the current
 // device's own: the kernels run there and peer access may not be enabled.
