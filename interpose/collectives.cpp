@@ -39,6 +39,14 @@ bool plan(const char* op, const void* buf, int n, const int counts[], const int 
   return *total > 0 && *total <= std::numeric_limits<int>::max();
 }
 
+// Peers of an intracommunicator (false for an intercommunicator or a bad one:
+// those go to the system MPI).
+bool intracomm_size(MPI_Comm comm, int* size) {
+  int inter = 1;
+  return comm != MPI_COMM_NULL && PMPI_Comm_test_inter(comm, &inter) == MPI_SUCCESS && !inter &&
+         PMPI_Comm_size(comm, size) == MPI_SUCCESS;
+}
+
 int neighbor_counts(MPI_Comm comm, int* indegree, int* outdegree) {
   int topo = MPI_UNDEFINED, rc = PMPI_Topo_test(comm, &topo);
   if (rc != MPI_SUCCESS) return rc;
@@ -128,9 +136,8 @@ int alltoallv(const void* sendbuf, const int sendcounts[], const int sdispls[], 
 PYHPC_EXPORT int MPI_Alltoallv(const void* sendbuf, const int sendcounts[], const int sdispls[],
                                MPI_Datatype sendtype, void* recvbuf, const int recvcounts[],
                                const int rdispls[], MPI_Datatype recvtype, MPI_Comm comm) {
-  int inter = 1, size = -1;
-  if (comm == MPI_COMM_NULL || PMPI_Comm_test_inter(comm, &inter) != MPI_SUCCESS || inter ||
-      PMPI_Comm_size(comm, &size) != MPI_SUCCESS) {
+  int size = -1;
+  if (!intracomm_size(comm, &size)) {
     pi::count(pi::kAlltoallv);
     return PMPI_Alltoallv(sendbuf, sendcounts, sdispls, sendtype, recvbuf, recvcounts, rdispls, recvtype, comm);
   }
@@ -219,10 +226,9 @@ bool narrow(int n, const C* counts, const D* displs, std::vector<int>* c, std::v
 PYHPC_EXPORT int MPI_Alltoallv_c(const void* sendbuf, const MPI_Count sendcounts[], const MPI_Aint sdispls[],
                                  MPI_Datatype sendtype, void* recvbuf, const MPI_Count recvcounts[],
                                  const MPI_Aint rdispls[], MPI_Datatype recvtype, MPI_Comm comm) {
-  int inter = 1, size = -1;
+  int size = -1;
   std::vector<int> sc, sd, rc, rd;
-  if (comm != MPI_COMM_NULL && sendbuf != MPI_IN_PLACE && PMPI_Comm_test_inter(comm, &inter) == MPI_SUCCESS &&
-      !inter && PMPI_Comm_size(comm, &size) == MPI_SUCCESS && narrow(size, sendcounts, sdispls, &sc, &sd) &&
+  if (sendbuf != MPI_IN_PLACE && intracomm_size(comm, &size) && narrow(size, sendcounts, sdispls, &sc, &sd) &&
       narrow(size, recvcounts, rdispls, &rc, &rd))
     return alltoallv(sendbuf, sc.data(), sd.data(), sendtype, recvbuf, rc.data(), rd.data(), recvtype, comm,
                      size, size, pi::kAlltoallv, PMPI_Alltoallv);
