@@ -64,8 +64,10 @@ def test_openmpi5_flags(monkeypatch):
     assert env["PRTE_MCA_rmaps_default_mapping_policy"] == ":oversubscribe"
     assert "OMPI_MCA_rmaps_base_oversubscribe" not in env
     assert cmd[:3] == ["/m/mpiexec", "-n", "4"] and cmd[-1] == "./a.out"
-    assert ["-x", "PYHPC_INTERPOSE_LOG"] == cmd[3:5]
-    preload = cmd[cmd.index("-x", 5) + 1]
+    forwarded = [cmd[i + 1] for i, c in enumerate(cmd) if c == "-x"]
+    assert forwarded[:4] == ["MKL_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                             "PYHPC_INTERPOSE_LOG"]
+    preload = forwarded[4]
     assert preload.startswith("LD_PRELOAD=") and preload.endswith("libpyhpc_interpose.so:/x.so")
 
 
@@ -94,8 +96,19 @@ def test_enclosing_job_context_is_not_inherited():
     _, env = build_command(2, ["./a.out"], environ=env_in, launcher=Launcher("m", "openmpi", "4.1.4"))
     assert env == {"OMPI_MCA_btl": "self,vader", "PMIX_MCA_gds": "hash", "PATH": "/bin",
                    "OMPI_MCA_rmaps_base_oversubscribe": "1",
+                   **dict.fromkeys(launcher.THREAD_VARIABLES, str(launcher.threads_per_rank(2))),
                    **({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
                       if os.geteuid() == 0 else {})}
+
+
+def test_blas_threads_are_shared_out_unless_the_user_set_them(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    for nprocs, threads in ((1, "8"), (2, "4"), (3, "2"), (16, "1")):
+        _, env = build_command(nprocs, ["./a.out"], environ={}, launcher=Launcher("m", "mpich", "5"))
+        assert all(env[name] == threads for name in launcher.THREAD_VARIABLES)
+    _, env = build_command(4, ["./a.out"], environ={"OPENBLAS_NUM_THREADS": "3"},
+                           launcher=Launcher("m", "mpich", "5"))
+    assert env["OPENBLAS_NUM_THREADS"] == "3" and "OMP_NUM_THREADS" not in env  # the user decides
 
 
 def test_leading_double_dash_is_dropped():
