@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         written.append(json_path)
         if plots:
             try:
-                plot_result(result, png_path)
+                (bench.plot or plot_result)(result, png_path)
                 written.append(png_path)
             except Exception as exc:  # noqa: BLE001 - report it, keep the table
                 failed.append(f"{name} (plot: {exc})")

@@ -81,6 +81,7 @@ class Measurement:
     bytes_per_rep: float | None = None
     flops_per_rep: float | None = None
     limit: str | None = None
+    metrics: dict[str, float] | None = None  # what a benchmark measures besides time
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -88,6 +89,8 @@ class Measurement:
         if self.bytes_per_rep is not None and self.flops_per_rep is not None:
             raise InvalidArgumentError(f"{self.case}/{self.impl}: give bytes_per_rep or flops_per_rep, not both")
         self.seconds = [float(s) for s in self.seconds]
+        if self.metrics is not None:
+            self.metrics = {str(k): float(v) for k, v in self.metrics.items()}
 
     @property
     def unit(self) -> str | None:
@@ -235,6 +238,8 @@ class Benchmark:
     run: Callable[[Context], list[Measurement]]
     x_label: str = "message size (bytes)"
     needs_gpu: bool = False  # skipped (not failed) where pyhpc.cuda.available() is false
+    # writes the PNG instead of the generic time/rate plot: plot(result, path)
+    plot: Callable[[Result, Any], None] | None = None
 
 
 def time_reps(fn: Callable[[], object], warmup: int, reps: int, comm: Any = None) -> list[float]:

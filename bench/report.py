@@ -89,6 +89,10 @@ def render_table(results: Sequence[Result]) -> str:
         out.append(f"{r.benchmark} ({ranks}): {r.description}")
         for role, impl in _impls(r.measurements):
             out.append(f"    {role}: {impl}")
+        for m in r.measurements:
+            if m.metrics:
+                values = ", ".join(f"{k}={v:.4g}" for k, v in m.metrics.items())
+                out.append(f"    {m.case} / {m.impl}: {values}")
     return "\n".join(out)
 
 
