@@ -69,6 +69,9 @@ REGISTRY: dict[str, Setting] = {
                 "interposer"),
         Setting("PYHPC_BENCH_DIR", str, "bench/results",
                 "where `pyhpc bench` writes its JSON and PNG results"),
+        Setting("PYHPC_MOE_DATA", str, None,
+                "folder of the real MoE routing counts (`shared/data/moe_affinity`); unset: "
+                "`shared/data/moe_affinity` in the working directory or a folder above it"),
         Setting("PYHPC_RUN_TIMEOUT", float, 0.0,
                 "seconds after which `pyhpc run` kills the whole job (0 = no limit)"),
         Setting("PYHPC_TEST_RANKS", int, None,
