@@ -5,6 +5,7 @@
 #
 # For a machine with an NVIDIA GPU, Python 3.12, CUDA 13, nvcc, cupy, CMake,
 # scikit-build-core, pybind11, Cython, numpy, matplotlib and pytest(-timeout)
+# (scipy, for pyhpc.moe, comes as a wheel if the image lacks it)
 # installed, and NO package registry. The packages it lacks come as wheels in a
 # folder beside the repo: $PYHPC_WHEELS, default ./.whl (git-ignored). Fetch
 # them on a machine with PyPI access, from the repo root:
@@ -12,7 +13,7 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 #     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform manylinux_2_5_x86_64 \
-#     -d .whl mpich==5.0.2 mpi4py==4.1.2 pytest-mpi==0.6
+#     -d .whl mpich==5.0.2 mpi4py==4.1.2 pytest-mpi==0.6 scipy
 #
 # Output (at most 8 files, two folders deep): OUT/device_check.log (everything),
 # OUT/info.json, OUT/tests.log, OUT/bench/<name>.json and .png.
@@ -24,7 +25,7 @@ cd "$(dirname "$0")/.."
 WHEELS=${PYHPC_WHEELS:-.whl}
 VENV=${PYHPC_DEVICE_VENV:-/tmp/pyhpc-device-venv}
 # GPU benchmarks to run; each capability with a GPU path adds its name here.
-GPU_BENCHMARKS=(gpu_copy gpu_pack)
+GPU_BENCHMARKS=(gpu_copy gpu_pack moe_layers_gpu)
 
 start=$SECONDS
 stamp() { echo "=== [$(( SECONDS - start )) s] $*"; }
