@@ -137,6 +137,22 @@ def test_heuristic_is_balanced_deterministic_and_beats_contiguous():
     assert moe.evaluate(one, aff) < moe.evaluate(random, aff)
 
 
+def test_load_cap_evens_out_the_work_and_keeps_most_locality():
+    trace = moe.generate_trace(20000, 8, 16, params=moe.GeneratorParams(affinity=0.8), seed=2)
+    aff = moe.affinity(trace, 16)
+    free, capped = moe.place_experts(aff, 4), moe.place_experts(aff, 4, max_load=1.2)
+    assert moe.load_imbalance(free, aff) > 1.5  # locality alone piles the work up (2.2x here)
+    assert moe.load_imbalance(capped, aff) <= 1.2 + 1e-9
+    contiguous = moe.evaluate(moe.place_experts(aff, 4, method="contiguous"), aff)
+    assert moe.evaluate(free, aff) <= moe.evaluate(capped, aff) < 0.6 * contiguous
+    even = moe.Placement(np.array([[0, 1], [1, 0]]), 2)
+    assert moe.load_imbalance(even, moe.Affinity(np.array([[[0.0, 3.0], [3.0, 0.0]]]))) == 1.0
+    with pytest.raises(InvalidArgumentError, match="max_load"):
+        moe.place_experts(aff, 4, max_load=0.9)
+    with pytest.raises(InvalidArgumentError, match="only method='heuristic'"):
+        moe.place_experts(aff, 4, method="ilp", max_load=1.2)
+
+
 def test_placement_bad_input():
     aff = moe.affinity(moe.generate_trace(100, 3, 6, seed=0), 6)
     with pytest.raises(InvalidArgumentError, match="6 experts per layer do not divide evenly over 4 ranks"):

@@ -12,10 +12,10 @@ Placement needs scipy (``pip install 'pyhpc[moe]'``).
 """
 
 from .runtime import MODES, MoEConfig, MoEStack, ReferenceStack
-from .placement import METHODS, Placement, evaluate, place_experts
+from .placement import METHODS, Placement, evaluate, load_imbalance, place_experts
 from .traces import (Affinity, GeneratorParams, affinity, calibrate, check_trace, generate_trace,
                      load_cooccurrence, load_trace, real_data_dir, save_trace, transition_matrices)
 
 __all__ = ["METHODS", "MODES", "MoEConfig", "MoEStack", "ReferenceStack", "Affinity", "GeneratorParams", "Placement", "affinity", "calibrate", "check_trace",
-           "evaluate", "generate_trace", "load_cooccurrence", "load_trace", "place_experts", "real_data_dir", "save_trace",
+           "evaluate", "generate_trace", "load_imbalance", "load_cooccurrence", "load_trace", "place_experts", "real_data_dir", "save_trace",
            "transition_matrices"]

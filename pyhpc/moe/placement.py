@@ -38,7 +38,7 @@ from pyhpc.errors import InvalidArgumentError, UnsupportedError
 
 from .traces import Affinity, affinity, check_trace
 
-__all__ = ["METHODS", "Placement", "evaluate", "place_experts"]
+__all__ = ["METHODS", "Placement", "evaluate", "load_imbalance", "place_experts"]
 
 METHODS = ("heuristic", "ilp", "contiguous", "random")
 MAX_SWEEPS = 100
@@ -135,13 +135,34 @@ def evaluate(placement: Placement, data: Any) -> float:
     return 1.0 - _local_weight(placement.ranks, counts, placement.n_ranks) / total
 
 
+def load_imbalance(placement: Placement, data: Any) -> float:
+    """The worst layer's busiest rank's token load over the mean load of that layer (1 = even).
+
+    A token's load at layer l+1 falls on the rank of its expert there (counted by
+    the affinity's columns; layer 0 by its rows).
+    """
+    counts = _counts_for(placement, data)
+    load = np.concatenate([counts[:1].sum(axis=2), counts.sum(axis=1)])
+    worst = 1.0
+    for layer in range(placement.n_layers):
+        per_rank = np.bincount(placement.ranks[layer], weights=load[layer], minlength=placement.n_ranks)
+        if per_rank.sum() > 0:
+            worst = max(worst, float(per_rank.max() * placement.n_ranks / per_rank.sum()))
+    return worst
+
+
 def place_experts(data: Any, n_ranks: int, method: str = "heuristic", seed: int = 0,
-                  time_limit: float | None = 60.0, restarts: int = 4, n_experts: int | None = None) -> Placement:
+                  time_limit: float | None = 60.0, restarts: int = 4, n_experts: int | None = None,
+                  max_load: float | None = None) -> Placement:
     """A balanced placement of every layer's experts on ``n_ranks`` ranks.
 
     data: an :class:`Affinity` (e.g. ``Affinity(counts)`` of real co-occurrence
-    counts [L-1, E, E]) or a trace (then ``n_experts`` is required). time_limit: seconds for the ILP (the heuristic is
-    bounded by ``restarts`` so that it stays deterministic). See the module's doc.
+    counts [L-1, E, E]) or a trace (then ``n_experts`` is required). time_limit:
+    seconds for the ILP (the heuristic is bounded by ``restarts`` so that it stays
+    deterministic). max_load (heuristic only): keep each rank's token load of a layer
+    within this multiple of the mean (e.g. 1.2), so that grouping popular experts for
+    locality does not leave one rank with most of the work; None: no cap. See the
+    module's doc.
     """
     if method not in METHODS:
         raise InvalidArgumentError(f"method: {method!r} is not one of {METHODS}")
@@ -151,6 +172,10 @@ def place_experts(data: Any, n_ranks: int, method: str = "heuristic", seed: int 
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise InvalidArgumentError(f"seed: must be an integer, got {seed!r}")
     restarts = _positive_int(restarts, "restarts")
+    if max_load is not None and not (np.isfinite(max_load) and max_load >= 1):
+        raise InvalidArgumentError(f"max_load: must be None or a ratio >= 1, got {max_load!r}")
+    if max_load is not None and method != "heuristic":
+        raise InvalidArgumentError(f"max_load: only method='heuristic' takes it, not {method!r}")
     if time_limit is not None and not (np.isfinite(time_limit) and time_limit > 0):
         raise InvalidArgumentError(f"time_limit: must be None or finite seconds > 0, got {time_limit!r}")
     layers, experts = aff.n_layers, aff.n_experts
@@ -164,77 +189,137 @@ def place_experts(data: Any, n_ranks: int, method: str = "heuristic", seed: int 
     if method == "ilp":
         ranks, optimal, gap = _ilp(aff.counts, n_ranks, time_limit)
         return Placement(ranks, n_ranks, "ilp", time.perf_counter() - t0, optimal, gap)
-    ranks = _heuristic(aff.counts, n_ranks, np.random.default_rng(seed), restarts)
+    ranks = _Heuristic(aff.counts, n_ranks, np.random.default_rng(seed), max_load).solve(restarts)
     return Placement(ranks, n_ranks, "heuristic", time.perf_counter() - t0)
 
 
 # ---- heuristic -----------------------------------------------------------------------
 
-def _heuristic(counts: np.ndarray, n_ranks: int, rng: np.random.Generator, restarts: int) -> np.ndarray:
-    """Best of ``restarts`` iterated local searches (see the module's doc)."""
-    layers, experts = counts.shape[0] + 1, counts.shape[1]
-    best, best_weight = None, -1.0
-    for attempt in range(restarts):
-        # start: one layer's partition (contiguous first, then random ones at varying layers),
-        # the others assigned greedily outwards from it
-        seed_layer = 0 if attempt == 0 else int(rng.integers(layers))
-        start = np.arange(experts) // (experts // n_ranks) if attempt == 0 else \
-            _random_partition(experts, n_ranks, rng)
-        ranks = _coordinate_ascent(counts, n_ranks, _greedy_from(counts, n_ranks, seed_layer, start))
-        weight = _local_weight(ranks, counts, n_ranks)
-        # kicks: scramble one layer, climb again, keep it if it is better
-        for _ in range(KICKS_PER_LAYER * layers):
-            trial = ranks.copy()
-            trial[int(rng.integers(layers))] = _random_partition(experts, n_ranks, rng)
-            trial = _coordinate_ascent(counts, n_ranks, trial)
-            trial_weight = _local_weight(trial, counts, n_ranks)
-            if trial_weight > weight * (1 + 1e-12):
-                ranks, weight = trial, trial_weight
-        if weight > best_weight * (1 + 1e-12):
-            best, best_weight = ranks, weight
-    assert best is not None
-    return best
+class _Heuristic:
+    """Iterated local search over per-layer balanced assignments (see the module's doc).
 
-
-def _greedy_from(counts: np.ndarray, n_ranks: int, seed_layer: int, partition: np.ndarray) -> np.ndarray:
-    """``partition`` at seed_layer; each other layer assigned to keep the most weight with its
-    already-placed neighbour, outwards from seed_layer."""
-    layers = counts.shape[0] + 1
-    ranks = np.empty((layers, counts.shape[1]), dtype=np.int64)
-    ranks[seed_layer] = partition
-    for layer in range(seed_layer + 1, layers):
-        ranks[layer] = _assign(counts[layer - 1].T @ _one_hot(ranks[layer - 1], n_ranks), n_ranks)
-    for layer in range(seed_layer - 1, -1, -1):
-        ranks[layer] = _assign(counts[layer] @ _one_hot(ranks[layer + 1], n_ranks), n_ranks)
-    return ranks
-
-
-def _coordinate_ascent(counts: np.ndarray, n_ranks: int, ranks: np.ndarray) -> np.ndarray:
-    """Re-assign one layer at a time, given both neighbours, until no layer can gain.
-
-    A layer is revisited only when a neighbour changed, and a new assignment is taken
-    only if it keeps strictly more weight, so the loop ends (ties cannot cycle).
+    With ``max_load`` (a ratio >= 1), every layer's token load on a rank (the
+    transitions that arrive at its experts) must stay within max_load x the mean:
+    each layer's assignment then prices load with one Lagrange multiplier per rank,
+    raised on overloaded ranks until the assignment fits (subgradient steps).
     """
-    layers = ranks.shape[0]
-    dirty = np.ones(layers, dtype=bool)
-    for _ in range(MAX_SWEEPS * layers):
-        if not dirty.any():
-            break
-        layer = int(np.argmax(dirty))
-        dirty[layer] = False
-        gain = np.zeros((ranks.shape[1], n_ranks))
-        if layer > 0:
-            gain += counts[layer - 1].T @ _one_hot(ranks[layer - 1], n_ranks)
-        if layer < layers - 1:
-            gain += counts[layer] @ _one_hot(ranks[layer + 1], n_ranks)
-        new = _assign(gain, n_ranks)
-        rows = np.arange(new.size)
-        old_gain, new_gain = gain[rows, ranks[layer]].sum(), gain[rows, new].sum()
-        if new_gain > old_gain + 1e-9 * max(1.0, abs(old_gain)):
-            ranks[layer] = new
-            dirty[max(layer - 1, 0):layer + 2] = True
+
+    def __init__(self, counts: np.ndarray, n_ranks: int, rng: np.random.Generator,
+                 max_load: float | None) -> None:
+        self.counts, self.n_ranks, self.rng, self.max_load = counts, n_ranks, rng, max_load
+        self.layers, self.experts = counts.shape[0] + 1, counts.shape[1]
+        # token load of each expert per layer: arrivals (column sums); layer 0: departures
+        self.load = np.concatenate([counts[:1].sum(axis=2), counts.sum(axis=1)])
+
+    def solve(self, restarts: int) -> np.ndarray:
+        best, best_key = None, None
+        for attempt in range(restarts):
+            # start: one layer's partition (contiguous first, then random ones at varying
+            # layers), the others assigned greedily outwards from it
+            seed_layer = 0 if attempt == 0 else int(self.rng.integers(self.layers))
+            start = np.arange(self.experts) // (self.experts // self.n_ranks) if attempt == 0 else \
+                _random_partition(self.experts, self.n_ranks, self.rng)
+            ranks = self.ascend(self.greedy(seed_layer, start))
+            key = self.key(ranks)
+            # kicks: scramble one layer, climb again, keep it if it is better
+            for _ in range(KICKS_PER_LAYER * self.layers):
+                trial = ranks.copy()
+                trial[int(self.rng.integers(self.layers))] = _random_partition(self.experts, self.n_ranks, self.rng)
+                trial = self.ascend(trial)
+                trial_key = self.key(trial)
+                if _better(trial_key, key):
+                    ranks, key = trial, trial_key
+            if best_key is None or _better(key, best_key):
+                best, best_key = ranks, key
+        assert best is not None
+        return best
+
+    def key(self, ranks: np.ndarray) -> tuple[float, float]:
+        """(-overload, kept weight): fitting the load cap first, then locality."""
+        return -self.overload(ranks), _local_weight(ranks, self.counts, self.n_ranks)
+
+    def overload(self, ranks: np.ndarray, layers: Any = None) -> float:
+        """How far the worst layer's busiest rank is above the cap (0 when all fit)."""
+        if self.max_load is None:
+            return 0.0
+        worst = 0.0
+        for layer in range(self.layers) if layers is None else layers:
+            per_rank = np.bincount(ranks[layer], weights=self.load[layer], minlength=self.n_ranks)
+            cap = self.max_load * self.load[layer].sum() / self.n_ranks
+            worst = max(worst, float(per_rank.max() - cap) / max(cap, 1e-300))
+        return max(worst, 0.0)
+
+    def gain(self, ranks: np.ndarray, layer: int) -> np.ndarray:
+        """gain[e, r]: the weight kept with the neighbours if expert e of this layer is on rank r."""
+        gain = np.zeros((self.experts, self.n_ranks))
+        if layer > 0 and ranks[layer - 1][0] >= 0:
+            gain += self.counts[layer - 1].T @ _one_hot(ranks[layer - 1], self.n_ranks)
+        if layer < self.layers - 1 and ranks[layer + 1][0] >= 0:
+            gain += self.counts[layer] @ _one_hot(ranks[layer + 1], self.n_ranks)
+        return gain
+
+    def assign(self, gain: np.ndarray, layer: int) -> np.ndarray:
+        ranks = _assign(gain, self.n_ranks)
+        if self.max_load is None:
+            return ranks
+        load = self.load[layer]
+        mean = load.sum() / self.n_ranks
+        if mean <= 0:
+            return ranks
+        cap = self.max_load * mean
+        price = np.zeros(self.n_ranks)
+        scale = max(float(np.abs(gain).max()), 1.0) / max(float(load.max()), 1e-300)
+        best, best_over = ranks, np.inf
+        for step in range(1, 41):
+            per_rank = np.bincount(ranks, weights=load, minlength=self.n_ranks)
+            over = float(per_rank.max() - cap)
+            if over <= 0:
+                return ranks
+            if over < best_over:
+                best, best_over = ranks, over
+            price = np.maximum(0.0, price + scale * (per_rank - mean) / mean / np.sqrt(step))
+            ranks = _assign(gain - load[:, None] * price[None, :], self.n_ranks)
+        return best
+
+    def greedy(self, seed_layer: int, partition: np.ndarray) -> np.ndarray:
+        ranks = np.full((self.layers, self.experts), -1, dtype=np.int64)
+        ranks[seed_layer] = partition
+        for layer in [*range(seed_layer + 1, self.layers), *range(seed_layer - 1, -1, -1)]:
+            ranks[layer] = self.assign(self.gain(ranks, layer), layer)
+        return ranks
+
+    def ascend(self, ranks: np.ndarray) -> np.ndarray:
+        """Re-assign one layer at a time, given both neighbours, until no layer can gain.
+
+        A layer is revisited only when a neighbour changed, and a new assignment is
+        taken only if it is strictly better (less overload, or as little and more
+        weight kept), so the loop ends: ties cannot cycle.
+        """
+        dirty = np.ones(self.layers, dtype=bool)
+        for _ in range(MAX_SWEEPS * self.layers):
+            if not dirty.any():
+                break
+            layer = int(np.argmax(dirty))
             dirty[layer] = False
-    return ranks
+            gain = self.gain(ranks, layer)
+            new = self.assign(gain, layer)
+            rows = np.arange(self.experts)
+            old_key = (-self.overload(ranks, [layer]), gain[rows, ranks[layer]].sum())
+            trial = ranks.copy()
+            trial[layer] = new
+            new_key = (-self.overload(trial, [layer]), gain[rows, new].sum())
+            if _better(new_key, old_key):
+                ranks = trial
+                dirty[max(layer - 1, 0):layer + 2] = True
+                dirty[layer] = False
+        return ranks
+
+
+def _better(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """a beats b: less overload, or the same overload and strictly more weight kept."""
+    if a[0] > b[0] + 1e-12:
+        return True
+    return abs(a[0] - b[0]) <= 1e-12 and a[1] > b[1] + 1e-9 * max(1.0, abs(b[1]))
 
 
 def _assign(gain: np.ndarray, n_ranks: int) -> np.ndarray:
