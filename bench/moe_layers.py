@@ -101,6 +101,40 @@ def case(ctx: Context, top_k: int, reps: int, xp=np) -> list[Measurement]:
                         seconds["classic"], x=size)]
 
 
+def plot(result, path) -> None:
+    """Step time per case (median, quartile bars) and all-to-all / all-gather bytes per step."""
+    from matplotlib.figure import Figure
+
+    rows = {(m.case, m.role): m for m in result.measurements}
+    cases = list(dict.fromkeys(m.case for m in result.measurements))
+    fig = Figure(figsize=(11, 4.6))
+    left, right = fig.subplots(1, 2)
+    xs = np.arange(len(cases))
+    for j, (role, name) in enumerate((("pyhpc", "ExFlow mode"), ("baseline", "classic"))):
+        seconds = [np.asarray(rows[(c, role)].seconds) * 1e3 for c in cases]
+        med = [np.median(t) for t in seconds]
+        low = [m - np.percentile(t, 25) for m, t in zip(med, seconds)]
+        high = [np.percentile(t, 75) - m for m, t in zip(med, seconds)]
+        left.bar(xs + (j - 0.5) * 0.4, med, width=0.4, yerr=[low, high], capsize=3, label=name)
+        metrics = [rows[(c, "pyhpc")].metrics for c in cases]
+        key = "a2a_bytes_per_layer_exflow" if role == "pyhpc" else "a2a_bytes_per_layer_classic"
+        right.bar(xs + (j - 0.5) * 0.4, [m[key] * LAYERS / 1e6 for m in metrics], width=0.4,
+                  label=f"{name}: all-to-all")
+    right.bar(xs - 0.2, [rows[(c, "pyhpc")].metrics["kv_allgather_bytes_per_step"] / 1e6 for c in cases],
+              width=0.4, bottom=[rows[(c, "pyhpc")].metrics["a2a_bytes_per_layer_exflow"] * LAYERS / 1e6
+                                 for c in cases], color="tab:blue", alpha=0.4, label="ExFlow mode: KV all-gather")
+    for ax, label in ((left, "step time (ms), median and quartiles"), (right, "MB leaving the ranks per step")):
+        ax.set_xticks(xs)
+        ax.set_xticklabels(cases)
+        ax.set_ylabel(label)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"moe_layers - {result.environment.get('mpi', '?')} on {result.environment.get('hostname', '?')}",
+                 fontsize="medium")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 BENCHMARK = Benchmark(
     name="moe_layers",
     ranks=4,
@@ -109,4 +143,5 @@ BENCHMARK = Benchmark(
                 "ExFlow mode vs classic dispatch+combine",
     run=run,
     x_label="ranks",
+    plot=plot,
 )

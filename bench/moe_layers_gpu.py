@@ -27,4 +27,5 @@ BENCHMARK = Benchmark(
     run=run,
     x_label="ranks",
     needs_gpu=True,
+    plot=moe_layers.plot,
 )
