@@ -73,6 +73,16 @@ def test_bad_arguments_name_themselves(call, match):
         call(a, b)
 
 
+@pytest.mark.mpi(min_size=2)
+def test_choose_chunks_agrees_across_ranks_and_follows_the_link(comm):
+    a, b, _ = operands(512, 256, 1024, 1, np.float32, seed=comm.rank)
+    # transfers of a few ms next to a GEMM of a few ms: overlap pays, with some chunks
+    chunks = ov.choose_chunks(comm, a, b, ov.Link(bandwidth=5e7))
+    assert comm.allgather(chunks) == [chunks] * comm.size and 1 <= chunks <= ov.MAX_CHUNKS
+    with pytest.raises(InvalidArgumentError, match="collective"):
+        ov.choose_chunks(comm, a, b, collective="broadcast")
+
+
 def test_link_validates_itself():
     with pytest.raises(InvalidArgumentError, match="link.bandwidth"):
         ov.Link(0)
