@@ -298,36 +298,32 @@ def all_gather_gemm(a_shard: Any, b: Any, comm: Any, chunks: int | None = None, 
             _ring_all_gather(comm, a_shard, full, starts, link)
         np.matmul(full, b, out=out)
         return out
-    # ring: at step s, rank r multiplies shard (r - s) mod P, which it already has, while the
-    # next one arrives from the left and this one goes on to the right (chunk by chunk)
+    # ring: at step s, rank r multiplies shard (r - s) mod P chunk by chunk, each chunk as
+    # soon as it has arrived from the left, forwarding it to the right first (the trigger)
     right, left = (rank + 1) % size, (rank - 1) % size
     sender = _Sender(comm, link)
-    have = [np.ascontiguousarray(a_shard)] + [None] * (size - 1)
+    shards: list[np.ndarray] = [np.ascontiguousarray(a_shard)]
+    arriving: list[list[Any]] = [[]]
     for step in range(size):
         src = (rank - step) % size
-        shard = have[step]
-        parts = _split(shard.shape[0], chunks)
-        nxt, recvs = None, []
-        if step < size - 1:
+        if step < size - 1:  # post the next shard's receives before computing this one
             prev = (rank - step - 1) % size
-            nxt = np.empty((counts[prev], k), dtype=a_shard.dtype)
-            recvs = [comm.Irecv(nxt[p.start:p.stop], left, _TAG + j) for j, p in enumerate(_split(counts[prev], chunks))]
-        for j, p in enumerate(parts):
-            if step < size - 1:  # forward it: the right neighbour gets it at its next step
+            shards.append(np.empty((counts[prev], k), dtype=a_shard.dtype))
+            arriving.append([comm.Irecv(shards[-1][p.start:p.stop], left, _TAG + j)
+                             for j, p in enumerate(_split(counts[prev], chunks))])
+        shard = shards[step]
+        for j, p in enumerate(_split(shard.shape[0], chunks)):
+            if step > 0:
+                while not arriving[step][j].Test():  # keep our own queued sends moving meanwhile
+                    sender.wait_a_little()
+                    sender.poll()
+            if step < size - 1:
                 sender.send(shard[p.start:p.stop], right, _TAG + j)
-            if method == "chunked":
-                continue
-            np.matmul(shard[p.start:p.stop], b, out=out[starts[src] + p.start:starts[src] + p.stop])
-            sender.poll()
-        if method == "chunked":
-            np.matmul(shard, b, out=out[starts[src]:starts[src + 1]])
-        if recvs:
-            from mpi4py import MPI
-
-            while not MPI.Request.Testall(recvs):  # our own queued sends must go out meanwhile
-                sender.wait_a_little()
+            if method != "chunked":
+                np.matmul(shard[p.start:p.stop], b, out=out[starts[src] + p.start:starts[src] + p.stop])
                 sender.poll()
-            have[step + 1] = nxt
+        if method == "chunked":  # the naive version: the whole shard once it is all here
+            np.matmul(shard, b, out=out[starts[src]:starts[src + 1]])
     sender.flush()
     return out
 
