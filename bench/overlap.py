@@ -82,6 +82,43 @@ def compare(ctx: Context, label: str, call, reps: int, t_gemm: float, flops: flo
                         seconds["chunked"], x=x, flops_per_rep=flops, limit=limit)]
 
 
+def plot(result, path) -> None:
+    """Per case: the three methods' times (median, quartile bars), the GEMM alone dashed,
+    and the overlap's efficiency written above its bar."""
+    from matplotlib.figure import Figure
+
+    cases = [m.case for m in result.measurements if m.role == "pyhpc"]
+    by = {(m.case, m.impl): m for m in result.measurements}
+    impls = list(dict.fromkeys(m.impl for m in result.measurements if m.role != "limit"))
+    fig = Figure(figsize=(11, 4.8))
+    ax = fig.subplots()
+    xs = np.arange(len(cases))
+    width = 0.8 / len(impls)
+    for j, impl in enumerate(impls):
+        t = [np.asarray(by[(c, impl)].seconds) * 1e3 for c in cases]
+        med = np.array([np.median(v) for v in t])
+        err = [med - [np.percentile(v, 25) for v in t], [np.percentile(v, 75) for v in t] - med]
+        ax.bar(xs + (j - (len(impls) - 1) / 2) * width, med, width=width, yerr=err, capsize=3, label=impl)
+        if j == 0:
+            for x, c, y in zip(xs, cases, med):
+                eff = by[(c, impl)].metrics.get("efficiency", float("nan"))
+                ax.annotate(f"eff {eff:.2f}", (x - (len(impls) - 1) / 2 * width, y), ha="center", va="bottom",
+                            fontsize="x-small")
+    for m in result.measurements:
+        if m.role == "limit":
+            ax.axhline(np.median(m.seconds) * 1e3, color="black", linestyle="--", linewidth=1,
+                       label=f"limit: {m.case} alone")
+    ax.set_xticks(xs)
+    ax.set_xticklabels(cases, fontsize="small")
+    ax.set_ylabel("time (ms), median and quartiles; the slowest rank")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.suptitle(f"overlap - {result.environment.get('mpi', '?')} on {result.environment.get('hostname', '?')}",
+                 fontsize="medium")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 BENCHMARK = Benchmark(
     name="overlap",
     ranks=2,
@@ -90,4 +127,5 @@ BENCHMARK = Benchmark(
                 "limit: the GEMM alone",
     run=run,
     x_label="T_comm / T_gemm",
+    plot=plot,
 )
