@@ -1,0 +1,128 @@
+"""pyhpc.attention: ring and TokenRing attention against a float64 single-process reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from pyhpc import attention as at
+from pyhpc.errors import InvalidArgumentError
+
+
+def naive(q, k, v, causal):
+    """Softmax attention written out directly (no log-sum-exp tricks), for checking the reference."""
+    group = q.shape[1] // k.shape[1]
+    k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
+    s = np.einsum("qhd,khd->hqk", q, k) / math.sqrt(q.shape[2])
+    if causal:
+        s = np.where(np.tril(np.ones((q.shape[0], k.shape[0]), bool))[None], s, -np.inf)
+    p = np.exp(s - s.max(axis=2, keepdims=True))
+    return np.einsum("hqk,khd->qhd", p / p.sum(axis=2, keepdims=True), v)
+
+
+def tensors(s, h, hkv, d, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((s, h, d)), rng.standard_normal((s, hkv, d)),
+            rng.standard_normal((s, hkv, d)), rng.standard_normal((s, h, d)))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("heads", [(4, 4), (4, 2), (3, 1)])
+def test_reference_is_attention_and_its_gradient(causal, heads):
+    q, k, v, dout = tensors(7, *heads, 5)
+    out, lse, dq, dk, dv = at.attention_reference(q, k, v, causal, dout=dout)
+    assert np.allclose(out, naive(q, k, v, causal), rtol=1e-12, atol=1e-12)
+    # the gradient of sum(out * dout), by central differences on a few entries
+    eps = 1e-6
+    for name, x, grad in (("q", q, dq), ("k", k, dk), ("v", v, dv)):
+        for index in [(0, 0, 0), (3, x.shape[1] - 1, 2), (6, 0, 4)]:
+            plus, minus = x.copy(), x.copy()
+            plus[index] += eps
+            minus[index] -= eps
+            args = {"q": q, "k": k, "v": v}
+            f = [float((at.attention_reference(**{**args, name: y}, causal=causal)[0] * dout).sum())
+                 for y in (plus, minus)]
+            assert (f[0] - f[1]) / (2 * eps) == pytest.approx(grad[index], rel=1e-5, abs=1e-7), (name, index)
+
+
+def test_zigzag_positions_cover_the_sequence_once():
+    for total, size in ((37, 4), (8, 2), (5, 3)):
+        seen = np.concatenate([at.positions("zigzag", r, size, total) for r in range(size)])
+        assert np.array_equal(np.sort(seen), np.arange(total))
+    assert at.positions("zigzag", 0, 2, 8).tolist() == [0, 1, 6, 7]
+    with pytest.raises(InvalidArgumentError, match="layout"):
+        at.positions("striped", 0, 2, 8)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda q, k, v: at.ring_attention(q.astype(np.int64), k, v, MPI.COMM_SELF), "q: dtype must be"),
+    (lambda q, k, v: at.ring_attention(q, k[:, :, :2], v[:, :, :2], MPI.COMM_SELF), "does not fit q's"),
+    (lambda q, k, v: at.ring_attention(q, k, v[:3], MPI.COMM_SELF), "v: shape"),
+    (lambda q, k, v: at.token_ring_attention(q[:, :3], k, v, MPI.COMM_SELF), "do not divide 3 query heads"),
+    (lambda q, k, v: at.ring_attention(q, k, v, MPI.COMM_SELF, layout="striped"), "layout"),
+    (lambda q, k, v: at.ring_attention(q[0], k, v, MPI.COMM_SELF), "q: must be a numpy array"),
+])
+def test_bad_input_names_the_argument(call, match):
+    q, k, v, _ = tensors(6, 4, 2, 4)
+    with pytest.raises(InvalidArgumentError, match=match):
+        call(q, k, v)
+
+
+def run_all(comm, total, heads, kv_heads, dim, causal, layout, dtype, tol):
+    q, k, v, dout = tensors(total, heads, kv_heads, dim, seed=total)
+    out, lse, dq, dk, dv = at.attention_reference(q, k, v, causal, dout=dout)
+    pos = at.positions(layout, comm.rank, comm.size, total)
+    mine = [x[pos].astype(dtype) for x in (q, k, v, dout)]
+
+    def rel(got, want):
+        return float(np.abs(got - want).max(initial=0) / max(np.abs(want).max(initial=0), 1e-300))
+
+    o, lse_ring = at.ring_attention(*mine[:3], comm, causal, layout=layout)
+    o_tr, lse_tr = at.token_ring_attention(*mine[:3], comm, causal, layout=layout)
+    grads = at.ring_attention_backward(mine[3], *mine[:3], o, lse_ring, comm, causal, layout=layout)
+    assert o.dtype == dtype and all(g.dtype == dtype for g in grads)
+    errors = {"out": rel(o, out[pos]), "lse": rel(lse_ring, lse[:, pos]), "token_ring out": rel(o_tr, out[pos]),
+              "token_ring lse": rel(lse_tr, lse[:, pos]), "dq": rel(grads[0], dq[pos]),
+              "dk": rel(grads[1], dk[pos]), "dv": rel(grads[2], dv[pos])}
+    worst = comm.allreduce(max(errors.values()), op=MPI.MAX)
+    assert worst < tol, errors
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+def test_one_rank(dtype, tol):
+    run_all(MPI.COMM_SELF, 11, 4, 2, 8, True, "zigzag", dtype, tol)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("layout", at.LAYOUTS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_every_rank_count_matches_the_reference(comm, layout, causal):
+    for size in range(1, comm.size + 1):
+        sub = comm.Split(0 if comm.rank < size else MPI.UNDEFINED, comm.rank)
+        if sub == MPI.COMM_NULL:
+            continue
+        try:
+            for total, heads, kv_heads, dim in ((37, 4, 2, 8), (16, 2, 2, 4), (9, 3, 1, 5)):  # GQA, MHA, MQA
+                run_all(sub, total, heads, kv_heads, dim, causal, layout, np.float32, 1e-5)
+            run_all(sub, 21, 2, 1, 4, causal, layout, np.float64, 1e-12)
+        finally:
+            sub.Free()
+
+
+@pytest.mark.mpi(min_size=2)
+def test_bad_input_on_one_rank_raises_on_every_rank(comm):
+    total = 8 * comm.size
+    q, k, v, _ = tensors(total, 4, 2, 4)
+    pos = at.positions("zigzag", comm.rank, comm.size, total)
+    q, k, v = q[pos], k[pos], v[pos]
+    with pytest.raises(InvalidArgumentError, match="rank 1: ring_attention: q: dtype"):
+        at.ring_attention(q.astype(np.float16) if comm.rank == 1 else q, k, v, comm)
+    with pytest.raises(InvalidArgumentError, match="ranks disagree"):
+        at.token_ring_attention(q, k, v, comm, causal=comm.rank == 0)
+    with pytest.raises(InvalidArgumentError, match="do not fit the zigzag layout"):
+        at.ring_attention(q[2:], k[2:], v[2:], comm) if comm.rank == 0 else at.ring_attention(q, k, v, comm)
+    out, _ = at.ring_attention(q, k, v, comm)  # still usable
+    assert out.shape == q.shape
