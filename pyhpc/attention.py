@@ -19,7 +19,12 @@ probabilities from the final lse (as FlashAttention does).
   travels one way (r -> r+1) and each block's partial (out, lse) is sent straight
   back to the rank that owns the query, where the partials merge.
 
-The next step's transfers are posted before the current step computes. This module
+The next step's transfers are posted before the current step computes. Bytes per
+rank (``stats=``): the ring sends P-1 K/V blocks, 2 S_j H_kv D itemsize bytes each;
+TokenRing sends P-1 query blocks (S_j H D itemsize) and P-1 partials (S_j (H D + H)
+itemsize), S_j being the tokens of the block in hand. So for MHA TokenRing sends
+about as many bytes as the ring plus the small lse, split over both directions of
+every link; it sends fewer only when K/V is the bigger side (it never is with GQA). This module
 is the first part of TokenRing's issue: the all-gather and Ulysses variants,
 ``choose_attention``, TokenRing's backward, GPU (cupy) and the overlap measurements
 are not written yet.
@@ -163,15 +168,16 @@ def _check(comm, q, k, v, layout, causal, what, dout=None):
     return total, [positions(layout, r, size, total) for r in range(size)]
 
 
-def _exchange(comm, send, dest, source, tag, recv_like):
-    """Post a send of `send` to dest and a receive of an array like recv_like from source."""
-    recv = np.empty_like(recv_like)
-    return recv, [comm.Isend(np.ascontiguousarray(send), dest, tag), comm.Irecv(recv, source, tag)]
+def _count(stats, message: np.ndarray) -> None:
+    if stats is not None:
+        stats["bytes_sent"] = stats.get("bytes_sent", 0) + message.nbytes
+        stats["messages"] = stats.get("messages", 0) + 1
 
 
-def ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigzag"):
+def ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigzag", stats=None):
     """(out [S_local, H, D] in q's dtype, lse [H, S_local] float64) of this rank's queries over the
-    whole sequence; K and V travel round the ring."""
+    whole sequence; K and V travel round the ring. ``stats`` (a dict) gets the bytes and
+    messages this rank sent."""
     from mpi4py import MPI
 
     size, rank = comm.Get_size(), comm.Get_rank()
@@ -186,6 +192,7 @@ def ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigz
         if step < size - 1:  # the next block is in flight while this one computes
             nxt = np.empty((2, len(pos[(owner - 1) % size]), *k.shape[1:]), dtype=k.dtype)
             requests = [comm.Isend(kv, (rank + 1) % size, _TAG), comm.Irecv(nxt, (rank - 1) % size, _TAG)]
+            _count(stats, kv)
         if not causal or pos[rank].size and pos[owner].size and pos[rank].max() >= pos[owner].min():
             block_out, block_lse = _block_forward(q, kv[0], kv[1], scale, pos[rank], pos[owner], causal)
             out, lse = _merge(out, lse, block_out, block_lse)
@@ -223,7 +230,7 @@ def ring_attention_backward(dout, q, k, v, out, lse, comm, causal=False, softmax
     return dq.astype(q.dtype), travel[2].astype(k.dtype), travel[3].astype(v.dtype)
 
 
-def token_ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigzag"):
+def token_ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigzag", stats=None):
     """TokenRing's forward: (out, lse) like :func:`ring_attention`, but the query blocks travel
     (r -> r+1) and each partial (out, lse) goes straight back to the query's owner."""
     from mpi4py import MPI
@@ -243,10 +250,11 @@ def token_ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout
             nxt = np.empty((len(pos[(owner - 1) % size]), heads, dim), dtype=q.dtype)
             requests = [comm.Isend(visiting, (rank + 1) % size, _TAG + 2),
                         comm.Irecv(nxt, (rank - 1) % size, _TAG + 2)]
+            _count(stats, visiting)
         # the partial this rank will receive for its own queries at this step comes from rank + step
         source = (rank + step) % size
         if step > 0:
-            part = np.empty((len(pos[rank]), heads * dim + heads))
+            part = np.empty((len(pos[rank]), heads * dim + heads), dtype=q.dtype)
             results.append((part, comm.Irecv(part, source, _TAG + 3)))
         if not causal or pos[owner].size and pos[rank].size and pos[owner].max() >= pos[rank].min():
             block_out, block_lse = _block_forward(visiting, k, v, scale, pos[owner], pos[rank], causal)
@@ -256,13 +264,16 @@ def token_ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout
         if step == 0:
             out, lse = _merge(out, lse, block_out, block_lse)
         else:
-            packed = np.concatenate([block_out.reshape(len(pos[owner]), -1), block_lse.T], axis=1)
+            # the partial travels in q's dtype (out and lse), merged in float64 at its owner
+            packed = np.concatenate([block_out.reshape(len(pos[owner]), -1), block_lse.T], axis=1).astype(q.dtype)
             pending.append((packed, comm.Isend(packed, owner, _TAG + 3)))
+            _count(stats, packed)
         MPI.Request.Waitall(requests)
         if step < size - 1:
             visiting = nxt
     for part, request in results:
         request.Wait()
-        out, lse = _merge(out, lse, part[:, :heads * dim].reshape(q.shape), part[:, heads * dim:].T)
+        out, lse = _merge(out, lse, part[:, :heads * dim].reshape(q.shape).astype(np.float64),
+                          part[:, heads * dim:].T.astype(np.float64))
     MPI.Request.Waitall([r for _, r in pending])
     return out.astype(q.dtype), lse

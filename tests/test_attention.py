@@ -126,3 +126,21 @@ def test_bad_input_on_one_rank_raises_on_every_rank(comm):
         at.ring_attention(q[2:], k[2:], v[2:], comm) if comm.rank == 0 else at.ring_attention(q, k, v, comm)
     out, _ = at.ring_attention(q, k, v, comm)  # still usable
     assert out.shape == q.shape
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("heads", [(4, 4), (4, 1)])
+def test_bytes_sent_are_the_closed_form(comm, heads):
+    total, dim = 8 * comm.size + 3, 8
+    h, hkv = heads
+    q, k, v, _ = tensors(total, h, hkv, dim)
+    pos = [at.positions("zigzag", r, comm.size, total) for r in range(comm.size)]
+    mine = [x[pos[comm.rank]].astype(np.float32) for x in (q, k, v)]
+    ring, token = {}, {}
+    at.ring_attention(*mine, comm, True, stats=ring)
+    at.token_ring_attention(*mine, comm, True, stats=token)
+    held = [len(pos[(comm.rank - s) % comm.size]) for s in range(comm.size)]  # block in hand at step s
+    # the block in hand is sent on at steps 0..P-2; TokenRing's partials go back at steps 1..P-1
+    assert ring == {"bytes_sent": sum(2 * n * hkv * dim * 4 for n in held[:-1]), "messages": comm.size - 1}
+    assert token == {"bytes_sent": sum(n * h * dim * 4 for n in held[:-1])
+                     + sum(n * (h * dim + h) * 4 for n in held[1:]), "messages": 2 * (comm.size - 1)}
