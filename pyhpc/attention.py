@@ -58,6 +58,14 @@ def positions(layout: str, rank: int, size: int, total: int) -> np.ndarray:
 
 # ---- block math --------------------------------------------------------------------------------
 
+def _h(x: np.ndarray) -> np.ndarray:
+    """[tokens, heads, dim] -> [heads, tokens, dim] (a view)."""
+    return x.transpose(1, 0, 2)
+
+
+_t = _h  # and back
+
+
 def _expand(x: np.ndarray, heads: int) -> np.ndarray:
     """K or V heads repeated for the query heads they serve (GQA), in memory only."""
     group = heads // x.shape[1]
@@ -65,7 +73,7 @@ def _expand(x: np.ndarray, heads: int) -> np.ndarray:
 
 
 def _scores(q, k, scale, q_pos, k_pos, causal):
-    s = np.einsum("qhd,khd->hqk", q, _expand(k, q.shape[1])) * scale
+    s = _h(q) @ _h(_expand(k, q.shape[1])).transpose(0, 2, 1) * scale  # [H, Sq, Sk], batched BLAS
     if causal:
         s = np.where((q_pos[:, None] >= k_pos[None, :])[None], s, -np.inf)
     return s
@@ -81,7 +89,7 @@ def _block_forward(q, k, v, scale, q_pos, k_pos, causal):
     total = p.sum(axis=2, keepdims=True)
     with np.errstate(divide="ignore"):
         lse = (np.log(total) + top)[..., 0]
-    out = np.einsum("hqk,khd->qhd", p / np.where(total > 0, total, 1.0), _expand(v.astype(np.float64), q.shape[1]))
+    out = _t(p / np.where(total > 0, total, 1.0) @ _h(_expand(v.astype(np.float64), q.shape[1])))
     return out, lse
 
 
@@ -101,12 +109,12 @@ def _block_backward(q, k, v, out, lse, dout, scale, q_pos, k_pos, causal):
     p = np.exp(s - np.where(np.isfinite(lse), lse, 0.0)[..., None])
     p = np.where(np.isfinite(s), p, 0.0)
     ve = _expand(v, heads)
-    dv_e = np.einsum("hqk,qhd->khd", p, dout)
-    dp = np.einsum("qhd,khd->hqk", dout, ve)
-    delta = np.einsum("qhd,qhd->hq", dout, out)[..., None]
+    dv_e = _t(p.transpose(0, 2, 1) @ _h(dout))
+    dp = _h(dout) @ _h(ve).transpose(0, 2, 1)
+    delta = (dout * out).sum(axis=2).T[..., None]
     ds = p * (dp - delta) * scale
-    dq = np.einsum("hqk,khd->qhd", ds, _expand(k, heads))
-    dk_e = np.einsum("hqk,qhd->khd", ds, q)
+    dq = _t(ds @ _h(_expand(k, heads)))
+    dk_e = _t(ds.transpose(0, 2, 1) @ _h(q))
     return dq, _fold(dk_e, k.shape[1]), _fold(dv_e, v.shape[1])
 
 
