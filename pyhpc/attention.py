@@ -15,9 +15,10 @@ probabilities from the final lse (as FlashAttention does).
 - :func:`ring_attention` / :func:`ring_attention_backward`: K and V travel round the
   ring (r -> r+1) while each rank computes its queries against the block in hand;
   in the backward pass dK and dV travel with their block and come home after P steps.
-- :func:`token_ring_attention`: TokenRing's forward: K and V stay; the query block
-  travels one way (r -> r+1) and each block's partial (out, lse) is sent straight
-  back to the rank that owns the query, where the partials merge.
+- :func:`token_ring_attention` / :func:`token_ring_attention_backward`: TokenRing: K
+  and V stay; the query block travels one way (r -> r+1) and each block's partial
+  (out, lse; in the backward, dQ) is sent straight back to the rank that owns the
+  query; in the backward dK and dV accumulate where K and V live and never move.
 
 The next step's transfers are posted before the current step computes. Bytes per
 rank (``stats=``): the ring sends P-1 K/V blocks, 2 S_j H_kv D itemsize bytes each;
@@ -26,8 +27,7 @@ itemsize), S_j being the tokens of the block in hand. So for MHA TokenRing sends
 about as many bytes as the ring plus the small lse, split over both directions of
 every link; it sends fewer only when K/V is the bigger side (it never is with GQA). This module
 is the first part of TokenRing's issue: the all-gather and Ulysses variants,
-``choose_attention``, TokenRing's backward, GPU (cupy) and the overlap measurements
-are not written yet.
+``choose_attention``, GPU (cupy) and the overlap measurements are not written yet.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import numpy as np
 from pyhpc.errors import InvalidArgumentError
 
 __all__ = ["LAYOUTS", "attention_reference", "positions", "ring_attention", "ring_attention_backward",
-           "token_ring_attention"]
+           "token_ring_attention", "token_ring_attention_backward"]
 
 LAYOUTS = ("contiguous", "zigzag")
 _TAG = 0x7A77
@@ -285,3 +285,58 @@ def token_ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout
                           part[:, heads * dim:].T.astype(np.float64))
     MPI.Request.Waitall([r for _, r in pending])
     return out.astype(q.dtype), lse
+
+
+def token_ring_attention_backward(dout, q, k, v, out, lse, comm, causal=False, softmax_scale=None,
+                                  layout="zigzag", stats=None):
+    """TokenRing's backward: (dq, dk, dv) for this rank's slices. The query side of each block
+    (q, dout, out, lse, in q's dtype) travels r -> r+1 as in the forward; every rank adds the
+    block's dK/dV into its own K/V gradients, which never move, and sends the block's dQ
+    partial straight back to the query's owner."""
+    from mpi4py import MPI
+
+    size, rank = comm.Get_size(), comm.Get_rank()
+    _, pos = _check(comm, q, k, v, layout, causal, "token_ring_attention_backward", dout=dout)
+    scale = softmax_scale or 1.0 / math.sqrt(q.shape[2])
+    heads, dim = q.shape[1], q.shape[2]
+    width = heads * dim
+    k64, v64 = k.astype(np.float64), v.astype(np.float64)
+    dq = np.zeros(q.shape)
+    dk, dv = np.zeros(k.shape), np.zeros(v.shape)
+    visiting = np.concatenate([q.reshape(len(q), -1), dout.reshape(len(q), -1), out.reshape(len(q), -1),
+                               lse.T], axis=1).astype(q.dtype)
+    pending, results = [], []
+    for step in range(size):
+        owner = (rank - step) % size
+        requests = []
+        if step < size - 1:
+            nxt = np.empty((len(pos[(owner - 1) % size]), 3 * width + heads), dtype=q.dtype)
+            requests = [comm.Isend(visiting, (rank + 1) % size, _TAG + 4),
+                        comm.Irecv(nxt, (rank - 1) % size, _TAG + 4)]
+            _count(stats, visiting)
+        if step > 0:  # the dQ partial for this rank's queries computed at rank + step
+            part = np.empty(q.shape, dtype=q.dtype)
+            results.append((part, comm.Irecv(part, (rank + step) % size, _TAG + 5)))
+        n = len(pos[owner])
+        block = visiting.astype(np.float64)
+        vq, vdout, vout = (block[:, i * width:(i + 1) * width].reshape(n, heads, dim) for i in range(3))
+        dq_b = np.zeros((n, heads, dim))
+        if not causal or n and pos[rank].size and pos[owner].max() >= pos[rank].min():
+            dq_b, dk_b, dv_b = _block_backward(vq, k64, v64, vout, block[:, 3 * width:].T, vdout, scale,
+                                               pos[owner], pos[rank], causal)
+            dk += dk_b
+            dv += dv_b
+        if step == 0:
+            dq += dq_b
+        else:
+            partial = np.ascontiguousarray(dq_b, dtype=q.dtype)
+            pending.append((partial, comm.Isend(partial, owner, _TAG + 5)))
+            _count(stats, partial)
+        MPI.Request.Waitall(requests)
+        if step < size - 1:
+            visiting = nxt
+    for part, request in results:
+        request.Wait()
+        dq += part
+    MPI.Request.Waitall([r for _, r in pending])
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)

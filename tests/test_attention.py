@@ -83,10 +83,13 @@ def run_all(comm, total, heads, kv_heads, dim, causal, layout, dtype, tol):
     o, lse_ring = at.ring_attention(*mine[:3], comm, causal, layout=layout)
     o_tr, lse_tr = at.token_ring_attention(*mine[:3], comm, causal, layout=layout)
     grads = at.ring_attention_backward(mine[3], *mine[:3], o, lse_ring, comm, causal, layout=layout)
-    assert o.dtype == dtype and all(g.dtype == dtype for g in grads)
+    grads_tr = at.token_ring_attention_backward(mine[3], *mine[:3], o_tr, lse_tr, comm, causal, layout=layout)
+    assert o.dtype == dtype and all(g.dtype == dtype for g in (*grads, *grads_tr))
     errors = {"out": rel(o, out[pos]), "lse": rel(lse_ring, lse[:, pos]), "token_ring out": rel(o_tr, out[pos]),
               "token_ring lse": rel(lse_tr, lse[:, pos]), "dq": rel(grads[0], dq[pos]),
-              "dk": rel(grads[1], dk[pos]), "dv": rel(grads[2], dv[pos])}
+              "dk": rel(grads[1], dk[pos]), "dv": rel(grads[2], dv[pos]),
+              "token_ring dq": rel(grads_tr[0], dq[pos]), "token_ring dk": rel(grads_tr[1], dk[pos]),
+              "token_ring dv": rel(grads_tr[2], dv[pos])}
     worst = comm.allreduce(max(errors.values()), op=MPI.MAX)
     assert worst < tol, errors
 
