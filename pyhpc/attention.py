@@ -26,8 +26,12 @@ TokenRing sends P-1 query blocks (S_j H D itemsize) and P-1 partials (S_j (H D +
 itemsize), S_j being the tokens of the block in hand. So for MHA TokenRing sends
 about as many bytes as the ring plus the small lse, split over both directions of
 every link; it sends fewer only when K/V is the bigger side (it never is with GQA). This module
-is the first part of TokenRing's issue: the all-gather and Ulysses variants,
+is the first part of TokenRing's issue: the Ulysses variant,
 ``choose_attention``, GPU (cupy) and the overlap measurements are not written yet.
+
+- :func:`allgather_attention` / :func:`allgather_attention_backward`: every rank gathers
+  all of K and V (one ``Allgatherv``); the backward sums the dK/dV contributions back
+  onto their owners with one ``Reduce_scatter``.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import numpy as np
 
 from pyhpc.errors import InvalidArgumentError
 
-__all__ = ["LAYOUTS", "attention_reference", "positions", "ring_attention", "ring_attention_backward",
+__all__ = ["LAYOUTS", "allgather_attention", "allgather_attention_backward", "attention_reference", "positions", "ring_attention", "ring_attention_backward",
            "token_ring_attention", "token_ring_attention_backward"]
 
 LAYOUTS = ("contiguous", "zigzag")
@@ -340,3 +344,42 @@ def token_ring_attention_backward(dout, q, k, v, out, lse, comm, causal=False, s
         dq += part
     MPI.Request.Waitall([r for _, r in pending])
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+def allgather_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigzag", stats=None):
+    """(out, lse) after gathering every rank's K and V (one ``Allgatherv``): the simplest
+    variant, and the one with the fewest messages; each rank receives the whole K/V."""
+    k_all, v_all, pos, pos_all = _gather_kv(comm, q, k, v, layout, causal, "allgather_attention", stats)
+    scale = softmax_scale or 1.0 / math.sqrt(q.shape[2])
+    out, lse = _block_forward(q, k_all, v_all, scale, pos[comm.Get_rank()], pos_all, causal)
+    return out.astype(q.dtype), lse
+
+
+def allgather_attention_backward(dout, q, k, v, out, lse, comm, causal=False, softmax_scale=None,
+                                 layout="zigzag"):
+    """(dq, dk, dv): K and V gathered again, every rank's dK/dV contributions summed back onto
+    their owners with one ``Reduce_scatter``."""
+    k_all, v_all, pos, pos_all = _gather_kv(comm, q, k, v, layout, causal, "allgather_attention_backward",
+                                            None, dout=dout)
+    scale = softmax_scale or 1.0 / math.sqrt(q.shape[2])
+    dq, dk_all, dv_all = _block_backward(np.asarray(q, np.float64), k_all.astype(np.float64),
+                                         v_all.astype(np.float64), np.asarray(out, np.float64), lse,
+                                         np.asarray(dout, np.float64), scale, pos[comm.Get_rank()], pos_all, causal)
+    both = np.ascontiguousarray(np.stack([dk_all, dv_all], axis=1))  # [S, 2, H_kv, D]: one collective
+    mine = np.empty((k.shape[0], 2, *k.shape[1:]))
+    per_token = 2 * k.shape[1] * k.shape[2]
+    comm.Reduce_scatter(both, mine, recvcounts=[len(p) * per_token for p in pos])
+    return dq.astype(q.dtype), mine[:, 0].astype(k.dtype), mine[:, 1].astype(v.dtype)
+
+
+def _gather_kv(comm, q, k, v, layout, causal, what, stats, dout=None):
+    _, pos = _check(comm, q, k, v, layout, causal, what, dout=dout)
+    per_token = 2 * k.shape[1] * k.shape[2]
+    mine = np.ascontiguousarray(np.stack([k, v], axis=1))  # [S_local, 2, H_kv, D]
+    total = sum(len(p) for p in pos)
+    gathered = np.empty((total, 2, *k.shape[1:]), dtype=k.dtype)
+    comm.Allgatherv(mine, [gathered, [len(p) * per_token for p in pos]])
+    if stats is not None:
+        stats["bytes_sent"] = stats.get("bytes_sent", 0) + (comm.Get_size() - 1) * mine.nbytes
+        stats["messages"] = stats.get("messages", 0) + comm.Get_size() - 1
+    return gathered[:, 0], gathered[:, 1], pos, np.concatenate(pos)

@@ -84,12 +84,16 @@ def run_all(comm, total, heads, kv_heads, dim, causal, layout, dtype, tol):
     o_tr, lse_tr = at.token_ring_attention(*mine[:3], comm, causal, layout=layout)
     grads = at.ring_attention_backward(mine[3], *mine[:3], o, lse_ring, comm, causal, layout=layout)
     grads_tr = at.token_ring_attention_backward(mine[3], *mine[:3], o_tr, lse_tr, comm, causal, layout=layout)
-    assert o.dtype == dtype and all(g.dtype == dtype for g in (*grads, *grads_tr))
+    o_ag, lse_ag = at.allgather_attention(*mine[:3], comm, causal, layout=layout)
+    grads_ag = at.allgather_attention_backward(mine[3], *mine[:3], o_ag, lse_ag, comm, causal, layout=layout)
+    assert o.dtype == dtype and all(g.dtype == dtype for g in (*grads, *grads_tr, *grads_ag))
     errors = {"out": rel(o, out[pos]), "lse": rel(lse_ring, lse[:, pos]), "token_ring out": rel(o_tr, out[pos]),
               "token_ring lse": rel(lse_tr, lse[:, pos]), "dq": rel(grads[0], dq[pos]),
               "dk": rel(grads[1], dk[pos]), "dv": rel(grads[2], dv[pos]),
               "token_ring dq": rel(grads_tr[0], dq[pos]), "token_ring dk": rel(grads_tr[1], dk[pos]),
-              "token_ring dv": rel(grads_tr[2], dv[pos])}
+              "token_ring dv": rel(grads_tr[2], dv[pos]), "allgather out": rel(o_ag, out[pos]),
+              "allgather lse": rel(lse_ag, lse[:, pos]), "allgather dq": rel(grads_ag[0], dq[pos]),
+              "allgather dk": rel(grads_ag[1], dk[pos]), "allgather dv": rel(grads_ag[2], dv[pos])}
     worst = comm.allreduce(max(errors.values()), op=MPI.MAX)
     assert worst < tol, errors
 
@@ -147,3 +151,6 @@ def test_bytes_sent_are_the_closed_form(comm, heads):
     assert ring == {"bytes_sent": sum(2 * n * hkv * dim * 4 for n in held[:-1]), "messages": comm.size - 1}
     assert token == {"bytes_sent": sum(n * h * dim * 4 for n in held[:-1])
                      + sum(n * (h * dim + h) * 4 for n in held[1:]), "messages": 2 * (comm.size - 1)}
+    gathered = {}
+    at.allgather_attention(*mine, comm, True, stats=gathered)
+    assert gathered == {"bytes_sent": (comm.size - 1) * 2 * held[0] * hkv * dim * 4, "messages": comm.size - 1}
