@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .harness import Benchmark, Context, Measurement, interleave
+from .report import case_axis, save_figure
 
 LAYERS, EXPERTS_PER_RANK = 8, 4
 D_MODEL, D_KV, D_FF = 1024, 128, 512  # a communication-heavy shape: small experts, wide tokens
@@ -123,16 +124,9 @@ def plot(result, path) -> None:
     right.bar(xs - 0.2, [rows[(c, "pyhpc")].metrics["kv_allgather_bytes_per_step"] / 1e6 for c in cases],
               width=0.4, bottom=[rows[(c, "pyhpc")].metrics["a2a_bytes_per_layer_exflow"] * LAYERS / 1e6
                                  for c in cases], color="tab:blue", alpha=0.4, label="ExFlow mode: KV all-gather")
-    for ax, label in ((left, "step time (ms), median and quartiles"), (right, "MB leaving the ranks per step")):
-        ax.set_xticks(xs)
-        ax.set_xticklabels(cases)
-        ax.set_ylabel(label)
-        ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(fontsize="small")
-    fig.suptitle(f"moe_layers - {result.environment.get('mpi', '?')} on {result.environment.get('hostname', '?')}",
-                 fontsize="medium")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    case_axis(left, cases, "step time (ms), median and quartiles")
+    case_axis(right, cases, "MB leaving the ranks per step")
+    save_figure(fig, result, path)
 
 
 BENCHMARK = Benchmark(

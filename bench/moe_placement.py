@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .harness import Benchmark, Context, Measurement
+from .report import case_axis, save_figure
 
 AFFINITY = 0.8        # strong affinity: most of a row's mass on 2 successors
 TOKENS = 20_000
@@ -128,23 +129,15 @@ def plot(result, path) -> None:
     for j, method in enumerate(methods):
         values = [m.metrics.get(f"cross_{method}", np.nan) for m in mine]
         top.bar(xs + (j - 2) * 0.16, values, width=0.16, label=method.replace("_", " "))
-    top.set_ylabel("fraction of transitions crossing ranks")
-    top.set_xticks(xs)
-    top.set_xticklabels([m.case for m in mine], rotation=60, ha="right", fontsize="x-small")
-    top.legend(fontsize="small")
-    top.grid(True, axis="y", alpha=0.3)
+    tick_style = {"rotation": 60, "ha": "right", "fontsize": "x-small"}
+    case_axis(top, [m.case for m in mine], "fraction of transitions crossing ranks", **tick_style)
     ilp = {m.case: m for m in result.measurements if m.role == "baseline"}
     bottom.semilogy(xs, [np.median(m.seconds) for m in mine], "o", label="heuristic")
     bottom.semilogy([i for i, m in enumerate(mine) if m.case in ilp],
                     [np.median(ilp[m.case].seconds) for m in mine if m.case in ilp], "s", label="ILP")
-    bottom.set_ylabel("solve time (s)")
-    bottom.set_xticks(xs)
-    bottom.set_xticklabels([m.case for m in mine], rotation=60, ha="right", fontsize="x-small")
-    bottom.legend(fontsize="small")
+    case_axis(bottom, [m.case for m in mine], "solve time (s)", **tick_style)
     bottom.grid(True, which="both", alpha=0.3)
-    fig.suptitle(f"moe_placement - {result.environment.get('hostname', '?')}", fontsize="medium")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, result, path)
 
 
 BENCHMARK = Benchmark(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .harness import Benchmark, Context, Measurement, interleave
+from .report import case_axis, save_figure
 
 K_PER_RANK, N = 512, 1024
 RATIOS = (0.5, 1.0, 2.0)
@@ -108,15 +109,8 @@ def plot(result, path) -> None:
         if m.role == "limit":
             ax.axhline(np.median(m.seconds) * 1e3, color="black", linestyle="--", linewidth=1,
                        label=f"limit: {m.case} alone")
-    ax.set_xticks(xs)
-    ax.set_xticklabels(cases, fontsize="small")
-    ax.set_ylabel("time (ms), median and quartiles; the slowest rank")
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.suptitle(f"overlap - {result.environment.get('mpi', '?')} on {result.environment.get('hostname', '?')}",
-                 fontsize="medium")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    case_axis(ax, cases, "time (ms), median and quartiles; the slowest rank", fontsize="small")
+    save_figure(fig, result, path)
 
 
 BENCHMARK = Benchmark(

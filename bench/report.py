@@ -122,6 +122,23 @@ def plot_result(result: Result, path: str | os.PathLike[str]) -> None:
     fig.savefig(path, dpi=110)
 
 
+def case_axis(ax, labels: Sequence[str], ylabel: str, **tick_style) -> None:
+    """A categorical x axis (one tick per case), its y label, a y grid and the legend:
+    how the benchmarks' own plots finish each panel."""
+    ax.set_xticks(np.arange(len(labels)))
+    ax.set_xticklabels(labels, **tick_style)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
+
+
+def save_figure(fig, result: Result, path: str | os.PathLike[str]) -> None:
+    """Title (benchmark, ranks, MPI, host), layout and PNG, the same for every plot."""
+    fig.suptitle(_title(result), fontsize="medium")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def _title(result: Result) -> str:
     ranks = f"{result.ranks} rank{'s' if result.ranks > 1 else ''}"
     env = result.environment
