@@ -16,39 +16,48 @@ from .harness import Benchmark, Context, Measurement, interleave
 HEAD_DIM = 64
 
 
-def run(ctx: Context) -> list[Measurement]:
+def run(ctx: Context, xp=np, dtype=np.float32, shapes=None) -> list[Measurement]:
     from mpi4py import MPI
 
     rows = []
     reps = 5 if ctx.quick else 10
-    shapes = [(2048, 8, 8)] if ctx.quick else [(4096, 8, 8), (4096, 8, 2)]
+    shapes = shapes or ([(2048, 8, 8)] if ctx.quick else [(4096, 8, 8), (4096, 8, 2)])
     for size in [n for n in (2, 4) if n <= ctx.size]:
         for total, heads, kv_heads in shapes:
             ctx.progress(f"{size} ranks, S={total} H={heads} H_kv={kv_heads}")
             sub = ctx.comm.Split(0 if ctx.rank < size else MPI.UNDEFINED, ctx.rank)
             if sub != MPI.COMM_NULL:
-                rows += case(Context(sub, ctx.quick, ctx.benchmark), total, heads, kv_heads, reps)
+                rows += case(Context(sub, ctx.quick, ctx.benchmark), total, heads, kv_heads, reps, xp, dtype)
                 sub.Free()
             ctx.comm.Barrier()
     return rows
 
 
-def case(ctx: Context, total: int, heads: int, kv_heads: int, reps: int) -> list[Measurement]:
+def case(ctx: Context, total: int, heads: int, kv_heads: int, reps: int, xp=np,
+         dtype=np.float32) -> list[Measurement]:
     from pyhpc import attention as at
 
     pos = at.positions("zigzag", ctx.rank, ctx.size, total)
     rng = np.random.default_rng(ctx.rank)
-    q = rng.standard_normal((pos.size, heads, HEAD_DIM)).astype(np.float32)
-    k = rng.standard_normal((pos.size, kv_heads, HEAD_DIM)).astype(np.float32)
-    v = rng.standard_normal((pos.size, kv_heads, HEAD_DIM)).astype(np.float32)
+    q, k, v = (xp.asarray(rng.standard_normal((pos.size, h, HEAD_DIM)).astype(dtype))
+               for h in (heads, kv_heads, kv_heads))
+    sync = xp.cuda.Device().synchronize if xp is not np else (lambda: None)
+
+    def forward(variant, **kw):
+        out = variant(q, k, v, ctx.comm, causal=True, **kw)[0]
+        sync()  # the GPU's work counts
+        return out
+
     sent = {"token_ring": {}, "ring": {}}
-    mine, _ = at.token_ring_attention(q, k, v, ctx.comm, causal=True, stats=sent["token_ring"])
-    theirs, _ = at.ring_attention(q, k, v, ctx.comm, causal=True, stats=sent["ring"])
-    if not np.allclose(mine, theirs, rtol=1e-4, atol=1e-5):
+    mine = forward(at.token_ring_attention, stats=sent["token_ring"])
+    theirs = forward(at.ring_attention, stats=sent["ring"])
+    host = [(x.get() if xp is not np else x).astype(np.float64) for x in (mine, theirs)]
+    tol = 1e-4 if np.dtype(dtype).itemsize >= 4 else 2e-2
+    if not np.allclose(host[0], host[1], rtol=tol, atol=tol):
         raise RuntimeError(f"attention: TokenRing and ring outputs differ on rank {ctx.rank}")
     seconds = interleave({
-        "pyhpc": lambda n: ctx.time_reps(lambda: at.token_ring_attention(q, k, v, ctx.comm, causal=True), 0, n),
-        "baseline": lambda n: ctx.time_reps(lambda: at.ring_attention(q, k, v, ctx.comm, causal=True), 0, n),
+        "pyhpc": lambda n: ctx.time_reps(lambda: forward(at.token_ring_attention), 0, n),
+        "baseline": lambda n: ctx.time_reps(lambda: forward(at.ring_attention), 0, n),
     }, reps)
     label = f"{ctx.size} ranks S={total} H={heads}/{kv_heads}"
     bytes_sent = {name: ctx.comm.allreduce(s["bytes_sent"], op=_max()) for name, s in sent.items()}

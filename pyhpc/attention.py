@@ -7,10 +7,15 @@ the wire). Layouts: ``"contiguous"`` (rank r holds positions r*S/P ...) and
 which balances causal work); S_local may differ by one position between ranks'
 chunks where the layout allows (``np.array_split`` order).
 
-Block math: the attention of a block of queries against a block of keys gives
-(out, lse); blocks merge exactly through their log-sum-exp in float64 on the CPU
-(float32 and float64 inputs). The backward pass recomputes each block's
-probabilities from the final lse (as FlashAttention does).
+Arrays: numpy (float32, float64) or cupy (float16, bfloat16, float32, float64); what
+comes back is of the kind that went in. Block math: the attention of a block of
+queries against a block of keys gives (out, lse); blocks merge exactly through their
+log-sum-exp, accumulating in float64 on the CPU and in float32 on the GPU (cuBLAS
+matmuls of the inputs cast to float32; float64 stays float64). The backward pass
+recomputes each block's probabilities from the final lse (as FlashAttention does).
+Messages are rows of bytes, one per token, so that fields of different dtypes travel
+together: lse and gradient partials travel in float32 for 16-bit inputs. Device
+arrays go through host memory, so the MPI need not be CUDA-aware.
 
 - :func:`ring_attention` / :func:`ring_attention_backward`: K and V travel round the
   ring (r -> r+1) while each rank computes its queries against the block in hand;
@@ -22,12 +27,11 @@ probabilities from the final lse (as FlashAttention does).
 
 The next step's transfers are posted before the current step computes. Bytes per
 rank (``stats=``): the ring sends P-1 K/V blocks, 2 S_j H_kv D itemsize bytes each;
-TokenRing sends P-1 query blocks (S_j H D itemsize) and P-1 partials (S_j (H D + H)
-itemsize), S_j being the tokens of the block in hand. So for MHA TokenRing sends
+TokenRing sends P-1 query blocks (S_j H D itemsize) and P-1 partials (S_j (H D itemsize
++ H lse_itemsize)), S_j being the tokens of the block in hand. So for MHA TokenRing sends
 about as many bytes as the ring plus the small lse, split over both directions of
-every link; it sends fewer only when K/V is the bigger side (it never is with GQA). This module
-is the first part of TokenRing's issue: the Ulysses variant,
-``choose_attention``, GPU (cupy) and the overlap measurements are not written yet.
+every link; it sends fewer only when K/V is the bigger side (it never is with GQA). Not
+written yet: the Ulysses variant, ``choose_attention`` and the overlap measurements.
 
 - :func:`allgather_attention` / :func:`allgather_attention_backward`: every rank gathers
   all of K and V (one ``Allgatherv``); the backward sums the dK/dV contributions back
@@ -41,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from pyhpc.cuda import array_module, is_cupy_array
 from pyhpc.errors import InvalidArgumentError
 
 __all__ = ["LAYOUTS", "allgather_attention", "allgather_attention_backward", "attention_reference", "positions", "ring_attention", "ring_attention_backward",
@@ -60,9 +65,9 @@ def positions(layout: str, rank: int, size: int, total: int) -> np.ndarray:
     return np.concatenate([chunks[rank], chunks[2 * size - 1 - rank]])
 
 
-# ---- block math --------------------------------------------------------------------------------
+# ---- block math (numpy or cupy: ``xp``) ------------------------------------------------------------
 
-def _h(x: np.ndarray) -> np.ndarray:
+def _h(x):
     """[tokens, heads, dim] -> [heads, tokens, dim] (a view)."""
     return x.transpose(1, 0, 2)
 
@@ -70,59 +75,60 @@ def _h(x: np.ndarray) -> np.ndarray:
 _t = _h  # and back
 
 
-def _expand(x: np.ndarray, heads: int) -> np.ndarray:
+def _expand(xp, x, heads: int):
     """K or V heads repeated for the query heads they serve (GQA), in memory only."""
     group = heads // x.shape[1]
-    return x if group == 1 else np.repeat(x, group, axis=1)
+    return x if group == 1 else xp.repeat(x, group, axis=1)
 
 
-def _scores(q, k, scale, q_pos, k_pos, causal):
-    s = _h(q) @ _h(_expand(k, q.shape[1])).transpose(0, 2, 1) * scale  # [H, Sq, Sk], batched BLAS
+def _scores(xp, q, k, scale, q_pos, k_pos, causal):
+    s = _h(q) @ _h(_expand(xp, k, q.shape[1])).transpose(0, 2, 1) * scale  # [H, Sq, Sk], batched GEMM
     if causal:
-        s = np.where((q_pos[:, None] >= k_pos[None, :])[None], s, -np.inf)
+        s = xp.where((q_pos[:, None] >= k_pos[None, :])[None], s, -xp.inf)
     return s
 
 
-def _block_forward(q, k, v, scale, q_pos, k_pos, causal):
-    """(out [Sq, H, D], lse [H, Sq]) of queries q against one block of keys; lse = -inf where
-    a query sees none of the block."""
-    s = _scores(q.astype(np.float64), k.astype(np.float64), scale, q_pos, k_pos, causal)
+def _block_forward(xp, acc, q, k, v, scale, q_pos, k_pos, causal):
+    """(out [Sq, H, D], lse [H, Sq]) in ``acc`` of queries q against one block of keys;
+    lse = -inf where a query sees none of the block."""
+    s = _scores(xp, q.astype(acc), k.astype(acc), scale, q_pos, k_pos, causal)
     top = s.max(axis=2, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    p = np.exp(s - top)
+    top = xp.where(xp.isfinite(top), top, 0.0)
+    p = xp.exp(s - top)
     total = p.sum(axis=2, keepdims=True)
     with np.errstate(divide="ignore"):
-        lse = (np.log(total) + top)[..., 0]
-    out = _t(p / np.where(total > 0, total, 1.0) @ _h(_expand(v.astype(np.float64), q.shape[1])))
+        lse = (xp.log(total) + top)[..., 0]
+    out = _t(p / xp.where(total > 0, total, 1.0) @ _h(_expand(xp, v.astype(acc), q.shape[1])))
     return out, lse
 
 
-def _merge(out, lse, block_out, block_lse):
+def _merge(xp, out, lse, block_out, block_lse):
     """Exact online-softmax merge of two partial results (log-sum-exp weights)."""
-    new = np.logaddexp(lse, block_lse)
-    safe = np.where(np.isfinite(new), new, 0.0)
-    w_old = np.where(np.isfinite(lse), np.exp(lse - safe), 0.0)
-    w_new = np.where(np.isfinite(block_lse), np.exp(block_lse - safe), 0.0)
+    new = xp.logaddexp(lse, block_lse)
+    safe = xp.where(xp.isfinite(new), new, 0.0)
+    w_old = xp.where(xp.isfinite(lse), xp.exp(lse - safe), 0.0)
+    w_new = xp.where(xp.isfinite(block_lse), xp.exp(block_lse - safe), 0.0)
     return out * w_old.T[..., None] + block_out * w_new.T[..., None], new
 
 
-def _block_backward(q, k, v, out, lse, dout, scale, q_pos, k_pos, causal):
-    """(dq, dk, dv) contributions of one key block, from the final out and lse (float64)."""
+def _block_backward(xp, q, k, v, out, lse, dout, scale, q_pos, k_pos, causal):
+    """(dq, dk, dv) contributions of one key block, from the final out and lse (all in one
+    accumulation dtype)."""
     heads = q.shape[1]
-    s = _scores(q, k, scale, q_pos, k_pos, causal)
-    p = np.exp(s - np.where(np.isfinite(lse), lse, 0.0)[..., None])
-    p = np.where(np.isfinite(s), p, 0.0)
-    ve = _expand(v, heads)
+    s = _scores(xp, q, k, scale, q_pos, k_pos, causal)
+    p = xp.exp(s - xp.where(xp.isfinite(lse), lse, 0.0)[..., None])
+    p = xp.where(xp.isfinite(s), p, 0.0)
+    ve = _expand(xp, v, heads)
     dv_e = _t(p.transpose(0, 2, 1) @ _h(dout))
     dp = _h(dout) @ _h(ve).transpose(0, 2, 1)
     delta = (dout * out).sum(axis=2).T[..., None]
     ds = p * (dp - delta) * scale
-    dq = _t(ds @ _h(_expand(k, heads)))
+    dq = _t(ds @ _h(_expand(xp, k, heads)))
     dk_e = _t(ds.transpose(0, 2, 1) @ _h(q))
     return dq, _fold(dk_e, k.shape[1]), _fold(dv_e, v.shape[1])
 
 
-def _fold(x: np.ndarray, kv_heads: int) -> np.ndarray:
+def _fold(x, kv_heads: int):
     """Sum the gradients of the repeated heads back onto their K/V head (GQA)."""
     group = x.shape[1] // kv_heads
     return x if group == 1 else x.reshape(x.shape[0], kv_heads, group, x.shape[2]).sum(axis=2)
@@ -133,253 +139,354 @@ def attention_reference(q, k, v, causal=False, softmax_scale=None, dout=None):
     q, k, v = (np.asarray(x, dtype=np.float64) for x in (q, k, v))
     scale = softmax_scale or 1.0 / math.sqrt(q.shape[2])
     pos = np.arange(q.shape[0])
-    out, lse = _block_forward(q, k, v, scale, pos, pos, causal)
+    out, lse = _block_forward(np, np.float64, q, k, v, scale, pos, pos, causal)
     if dout is None:
         return out, lse
-    return (out, lse, *_block_backward(q, k, v, out, lse, np.asarray(dout, np.float64), scale, pos, pos, causal))
+    return (out, lse, *_block_backward(np, q, k, v, out, lse, np.asarray(dout, np.float64), scale, pos, pos,
+                                       causal))
 
 
 # ---- over MPI ------------------------------------------------------------------------------------
 
-def _check(comm, q, k, v, layout, causal, what, dout=None):
+_CPU_DTYPES = ("float32", "float64")
+_GPU_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _check(comm, q, k, v, layout, causal, what, dout=None, extra=()):
     """Validate, then agree across ranks (a bad argument on one rank raises on all)."""
-    error, total = None, 0
+    error = None
     try:
         if layout not in LAYOUTS:
             raise InvalidArgumentError(f"layout: {layout!r} is not one of {LAYOUTS}")
-        for name, x in (("q", q), ("k", k), ("v", v)) + ((("dout", dout),) if dout is not None else ()):
-            if not isinstance(x, np.ndarray) or x.ndim != 3:
-                raise InvalidArgumentError(f"{name}: must be a numpy array [tokens, heads, dim], got "
+        gpu = is_cupy_array(q)
+        named = (("q", q), ("k", k), ("v", v)) + ((("dout", dout),) if dout is not None else ()) + tuple(extra)
+        for name, x in named:
+            if not (isinstance(x, np.ndarray) or is_cupy_array(x)) or x.ndim != 3 and name != "lse":
+                raise InvalidArgumentError(f"{name}: must be a numpy or cupy array [tokens, heads, dim], got "
                                            f"{getattr(x, 'shape', type(x).__name__)}")
-            if x.dtype not in (np.float32, np.float64):
-                raise InvalidArgumentError(f"{name}: dtype must be float32 or float64, got {x.dtype}")
+            if is_cupy_array(x) != gpu:
+                raise InvalidArgumentError(f"{name}: is a {'cupy' if is_cupy_array(x) else 'numpy'} array, "
+                                           f"q a {'cupy' if gpu else 'numpy'} one: pass one kind")
+            allowed = _GPU_DTYPES if gpu else _CPU_DTYPES
+            if name != "lse" and x.dtype.name not in allowed:
+                raise InvalidArgumentError(f"{name}: dtype must be one of {allowed} for "
+                                           f"{'cupy' if gpu else 'numpy'} arrays, got {x.dtype}")
+            if name not in ("q", "k", "v", "lse") and x.dtype != q.dtype:
+                raise InvalidArgumentError(f"{name}: dtype {x.dtype} differs from q's {q.dtype}")
         if k.shape != v.shape:
             raise InvalidArgumentError(f"v: shape {v.shape} differs from k's {k.shape}")
+        if k.dtype != q.dtype or v.dtype != q.dtype:
+            raise InvalidArgumentError(f"k, v: dtypes {k.dtype}, {v.dtype} differ from q's {q.dtype}")
         if k.shape[0] != q.shape[0] or k.shape[2] != q.shape[2]:
             raise InvalidArgumentError(f"k: shape {k.shape} does not fit q's {q.shape} (same tokens and dim)")
         if q.shape[1] % k.shape[1]:
             raise InvalidArgumentError(f"k: {k.shape[1]} K/V heads do not divide {q.shape[1]} query heads")
-        if dout is not None and dout.shape != q.shape:
-            raise InvalidArgumentError(f"dout: shape {dout.shape} differs from q's {q.shape}")
+        for name, x in named[3:]:
+            want = (q.shape[1], q.shape[0]) if name == "lse" else q.shape
+            if x.shape != want:
+                raise InvalidArgumentError(f"{name}: shape {x.shape} differs from {want} (q's {q.shape})")
     except InvalidArgumentError as exc:
         error = f"{what}: {exc}"
-    key = None if error else (layout, bool(causal), q.shape[1:], k.shape[1:], str(q.dtype))
+    key = None if error else (layout, bool(causal), q.shape[1:], k.shape[1:], str(q.dtype), is_cupy_array(q))
     reports = comm.allgather((error, key, None if error else q.shape[0]))
     bad = [r for r, (e, _, _) in enumerate(reports) if e]
     if bad:
         raise InvalidArgumentError(f"rank {bad[0]}: {reports[bad[0]][0]}")
     if any(kk != reports[0][1] for _, kk, _ in reports):
-        raise InvalidArgumentError(f"{what}: ranks disagree on (layout, causal, heads/dim, dtype): "
+        raise InvalidArgumentError(f"{what}: ranks disagree on (layout, causal, heads/dim, dtype, cupy): "
                                    f"{sorted({str(kk) for _, kk, _ in reports})}")
     total = sum(n for _, _, n in reports)
-    size, rank = comm.Get_size(), comm.Get_rank()
+    size = comm.Get_size()
     expected = [len(positions(layout, r, size, total)) for r in range(size)]
     if [n for _, _, n in reports] != expected:
         raise InvalidArgumentError(f"{what}: tokens per rank {[n for _, _, n in reports]} do not fit the "
                                    f"{layout} layout of {total} tokens over {size} ranks (expected {expected})")
-    return total, [positions(layout, r, size, total) for r in range(size)]
+    return [positions(layout, r, size, total) for r in range(size)]
 
 
-def _count(stats, message: np.ndarray) -> None:
-    if stats is not None:
-        stats["bytes_sent"] = stats.get("bytes_sent", 0) + message.nbytes
-        stats["messages"] = stats.get("messages", 0) + 1
+def _width(*fields) -> int:
+    """Bytes per token of a message made of ``(dtype, per-token shape)`` fields."""
+    return sum(np.dtype(d).itemsize * math.prod(shape) for d, shape in fields)
+
+
+class _Call:
+    """One call's arrays and messages.
+
+    ``xp`` is numpy or cupy; blocks compute and accumulate in ``acc`` (float64 on the CPU,
+    float32 on the GPU unless the input is float64); lse and gradient partials travel in
+    ``wire`` (float32 for 16-bit inputs, else the input's dtype). A message is a run of
+    byte rows, one per token (its fields side by side), so fields of different dtypes go
+    in one message. Device arrays go through host memory: the MPI need not be CUDA-aware.
+    """
+
+    def __init__(self, comm, q, stats=None) -> None:
+        self.comm, self.stats = comm, stats
+        self.xp = array_module(q)
+        self.gpu = self.xp is not np
+        self.dtype = q.dtype
+        self.acc = np.dtype(np.float32 if self.gpu and q.dtype != np.float64 else np.float64)
+        self.wire = np.dtype(np.float32) if q.dtype.itemsize < 4 else q.dtype
+        self.sends: list[tuple[np.ndarray, Any]] = []
+
+    def on_device(self, x):
+        return self.xp.asarray(x) if self.gpu else x
+
+    def pack(self, *parts):
+        """Byte rows [tokens, bytes] of arrays whose first axis is the token."""
+        n = parts[0].shape[0]
+        return self.xp.concatenate([self.xp.ascontiguousarray(p).reshape(n, math.prod(p.shape[1:]))
+                                    .view(self.xp.uint8) for p in parts], axis=1)
+
+    def unpack(self, rows, *fields):
+        """The arrays of byte rows (host or device), on the device: fields are (dtype, shape)."""
+        rows, out, start = self.on_device(rows), [], 0
+        for dtype, shape in fields:
+            width = _width((dtype, shape))
+            piece = self.xp.ascontiguousarray(rows[:, start:start + width]).view(dtype)
+            out.append(piece.reshape(rows.shape[0], *shape))
+            start += width
+        return out
+
+    def isend(self, rows, dest: int, tag: int, count: bool = True):
+        host = np.ascontiguousarray(_host(rows))
+        request = self.comm.Isend([host, _byte()], dest, tag)
+        self.sends.append((host, request))
+        if count and self.stats is not None:
+            self.stats["bytes_sent"] = self.stats.get("bytes_sent", 0) + host.nbytes
+            self.stats["messages"] = self.stats.get("messages", 0) + 1
+        return request
+
+    def irecv(self, tokens: int, width: int, source: int, tag: int):
+        host = np.empty((tokens, width), dtype=np.uint8)
+        return host, self.comm.Irecv([host, _byte()], source, tag)
+
+    def finish(self) -> None:
+        _waitall([r for _, r in self.sends])
+        self.sends.clear()
+
+
+def _host(x) -> np.ndarray:
+    get = getattr(x, "get", None)  # cupy
+    return get() if get is not None and not isinstance(x, np.ndarray) else np.asarray(x)
+
+
+def _byte():
+    from mpi4py import MPI
+
+    return MPI.BYTE
+
+
+def _waitall(requests) -> None:
+    from mpi4py import MPI
+
+    MPI.Request.Waitall(list(requests))
+
+
+def _sees(causal, q_pos, k_pos) -> bool:
+    """Whether any query of q_pos sees any key of k_pos."""
+    return not causal or q_pos.size > 0 and k_pos.size > 0 and q_pos.max() >= k_pos.min()
 
 
 def ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigzag", stats=None):
-    """(out [S_local, H, D] in q's dtype, lse [H, S_local] float64) of this rank's queries over the
-    whole sequence; K and V travel round the ring. ``stats`` (a dict) gets the bytes and
-    messages this rank sent."""
-    from mpi4py import MPI
-
+    """(out [S_local, H, D] in q's dtype, lse [H, S_local] in the accumulation dtype) of this
+    rank's queries over the whole sequence; K and V travel round the ring. ``stats`` (a dict)
+    gets the bytes and messages this rank sent."""
     size, rank = comm.Get_size(), comm.Get_rank()
-    _, pos = _check(comm, q, k, v, layout, causal, "ring_attention")
-    scale = softmax_scale or 1.0 / math.sqrt(q.shape[2])
-    out = np.zeros(q.shape, dtype=np.float64)
-    lse = np.full((q.shape[1], q.shape[0]), -np.inf)
-    kv = np.stack([k, v])  # one message per step
+    pos = _check(comm, q, k, v, layout, causal, "ring_attention")
+    call = _Call(comm, q, stats)
+    xp, scale = call.xp, softmax_scale or 1.0 / math.sqrt(q.shape[2])
+    kv_fields = [(q.dtype, k.shape[1:])] * 2
+    out = xp.zeros(q.shape, dtype=call.acc)
+    lse = xp.full((q.shape[1], q.shape[0]), -np.inf, dtype=call.acc)
+    q_pos = call.on_device(pos[rank])
+    block, kb, vb = None, k, v  # the block in hand: byte rows (None: our own) and its K, V
     for step in range(size):
         owner = (rank - step) % size  # whose K/V block is here
         requests = []
         if step < size - 1:  # the next block is in flight while this one computes
-            nxt = np.empty((2, len(pos[(owner - 1) % size]), *k.shape[1:]), dtype=k.dtype)
-            requests = [comm.Isend(kv, (rank + 1) % size, _TAG), comm.Irecv(nxt, (rank - 1) % size, _TAG)]
-            _count(stats, kv)
-        if not causal or pos[rank].size and pos[owner].size and pos[rank].max() >= pos[owner].min():
-            block_out, block_lse = _block_forward(q, kv[0], kv[1], scale, pos[rank], pos[owner], causal)
-            out, lse = _merge(out, lse, block_out, block_lse)
-        MPI.Request.Waitall(requests)
+            nxt, receive = call.irecv(len(pos[(owner - 1) % size]), _width(*kv_fields), (rank - 1) % size, _TAG)
+            requests = [receive, call.isend(call.pack(k, v) if block is None else block, (rank + 1) % size, _TAG)]
+        if _sees(causal, pos[rank], pos[owner]):
+            block_out, block_lse = _block_forward(xp, call.acc, q, kb, vb, scale, q_pos,
+                                                  call.on_device(pos[owner]), causal)
+            out, lse = _merge(xp, out, lse, block_out, block_lse)
+        _waitall(requests)
         if step < size - 1:
-            kv = nxt
+            block = nxt
+            kb, vb = call.unpack(nxt, *kv_fields)
+    call.finish()
     return out.astype(q.dtype), lse
 
 
 def ring_attention_backward(dout, q, k, v, out, lse, comm, causal=False, softmax_scale=None, layout="zigzag"):
     """(dq, dk, dv) for this rank's slices, from the forward's out and lse: K, V and their
     gradient accumulators travel round the ring and are back home after P steps."""
-    from mpi4py import MPI
-
     size, rank = comm.Get_size(), comm.Get_rank()
-    _, pos = _check(comm, q, k, v, layout, causal, "ring_attention_backward", dout=dout)
-    scale = softmax_scale or 1.0 / math.sqrt(q.shape[2])
-    q64, out64, dout64 = (np.asarray(x, np.float64) for x in (q, out, dout))
-    dq = np.zeros(q.shape)
-    # one travelling buffer: k, v, dk, dv of one rank's block (float64 accumulators)
-    travel = np.stack([k.astype(np.float64), v.astype(np.float64), np.zeros(k.shape), np.zeros(k.shape)])
+    pos = _check(comm, q, k, v, layout, causal, "ring_attention_backward", dout=dout,
+                 extra=(("out", out), ("lse", lse)))
+    call = _Call(comm, q)
+    xp, acc, scale = call.xp, call.acc, softmax_scale or 1.0 / math.sqrt(q.shape[2])
+    qa, outa, douta, lsea = q.astype(acc), out.astype(acc), dout.astype(acc), lse.astype(acc)
+    q_pos = call.on_device(pos[rank])
+    dq = xp.zeros(q.shape, dtype=acc)
+    # one travelling message: k, v (in their dtype) and dk, dv (accumulators) of one rank's block
+    fields = [(q.dtype, k.shape[1:])] * 2 + [(acc, k.shape[1:])] * 2
+    kb, vb, dkb, dvb = k, v, xp.zeros(k.shape, dtype=acc), xp.zeros(k.shape, dtype=acc)
     for step in range(size):
         owner = (rank - step) % size
-        if not causal or pos[rank].size and pos[owner].size and pos[rank].max() >= pos[owner].min():
-            dq_b, dk_b, dv_b = _block_backward(q64, travel[0], travel[1], out64, lse, dout64, scale,
-                                               pos[rank], pos[owner], causal)
+        if _sees(causal, pos[rank], pos[owner]):
+            dq_b, dk_b, dv_b = _block_backward(xp, qa, kb.astype(acc), vb.astype(acc), outa, lsea, douta, scale,
+                                               q_pos, call.on_device(pos[owner]), causal)
             dq += dq_b
-            travel[2] += dk_b
-            travel[3] += dv_b
+            dkb += dk_b
+            dvb += dv_b
         # pass the block (with its gradients) on; after P passes it is home again
-        nxt = np.empty((4, len(pos[(owner - 1) % size]), *k.shape[1:]))
-        MPI.Request.Waitall([comm.Isend(travel, (rank + 1) % size, _TAG + 1),
-                             comm.Irecv(nxt, (rank - 1) % size, _TAG + 1)])
-        travel = nxt
-    return dq.astype(q.dtype), travel[2].astype(k.dtype), travel[3].astype(v.dtype)
+        nxt, receive = call.irecv(len(pos[(owner - 1) % size]), _width(*fields), (rank - 1) % size, _TAG + 1)
+        _waitall([receive, call.isend(call.pack(kb, vb, dkb, dvb), (rank + 1) % size, _TAG + 1)])
+        kb, vb, dkb, dvb = call.unpack(nxt, *fields)
+    call.finish()
+    return dq.astype(q.dtype), dkb.astype(k.dtype), dvb.astype(v.dtype)
 
 
 def token_ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigzag", stats=None):
     """TokenRing's forward: (out, lse) like :func:`ring_attention`, but the query blocks travel
-    (r -> r+1) and each partial (out, lse) goes straight back to the query's owner."""
-    from mpi4py import MPI
-
+    (r -> r+1) and each partial (out in q's dtype, lse in the wire dtype) goes straight back
+    to the query's owner."""
     size, rank = comm.Get_size(), comm.Get_rank()
-    _, pos = _check(comm, q, k, v, layout, causal, "token_ring_attention")
-    scale = softmax_scale or 1.0 / math.sqrt(q.shape[2])
+    pos = _check(comm, q, k, v, layout, causal, "token_ring_attention")
+    call = _Call(comm, q, stats)
+    xp, acc, scale = call.xp, call.acc, softmax_scale or 1.0 / math.sqrt(q.shape[2])
     heads, dim = q.shape[1], q.shape[2]
-    out = np.zeros(q.shape, dtype=np.float64)
-    lse = np.full((heads, q.shape[0]), -np.inf)
-    visiting = np.ascontiguousarray(q)
-    pending, results = [], []
+    q_fields = [(q.dtype, (heads, dim))]
+    part_fields = [(q.dtype, (heads, dim)), (call.wire, (heads,))]
+    out = xp.zeros(q.shape, dtype=acc)
+    lse = xp.full((heads, q.shape[0]), -np.inf, dtype=acc)
+    k_pos = call.on_device(pos[rank])
+    block, visiting = None, q  # the query block in hand: byte rows (None: our own) and its q
+    results = []
     for step in range(size):
         owner = (rank - step) % size  # whose queries are here
         requests = []
         if step < size - 1:
-            nxt = np.empty((len(pos[(owner - 1) % size]), heads, dim), dtype=q.dtype)
-            requests = [comm.Isend(visiting, (rank + 1) % size, _TAG + 2),
-                        comm.Irecv(nxt, (rank - 1) % size, _TAG + 2)]
-            _count(stats, visiting)
-        # the partial this rank will receive for its own queries at this step comes from rank + step
-        source = (rank + step) % size
-        if step > 0:
-            part = np.empty((len(pos[rank]), heads * dim + heads), dtype=q.dtype)
-            results.append((part, comm.Irecv(part, source, _TAG + 3)))
-        if not causal or pos[owner].size and pos[rank].size and pos[owner].max() >= pos[rank].min():
-            block_out, block_lse = _block_forward(visiting, k, v, scale, pos[owner], pos[rank], causal)
+            nxt, receive = call.irecv(len(pos[(owner - 1) % size]), _width(*q_fields), (rank - 1) % size, _TAG + 2)
+            requests = [receive, call.isend(call.pack(q) if block is None else block, (rank + 1) % size, _TAG + 2)]
+        if step > 0:  # the partial for this rank's queries computed at this step comes from rank + step
+            results.append(call.irecv(len(pos[rank]), _width(*part_fields), (rank + step) % size, _TAG + 3))
+        n = len(pos[owner])
+        if _sees(causal, pos[owner], pos[rank]):
+            block_out, block_lse = _block_forward(xp, acc, visiting, k, v, scale, call.on_device(pos[owner]),
+                                                  k_pos, causal)
         else:
-            block_out = np.zeros((len(pos[owner]), heads, dim))
-            block_lse = np.full((heads, len(pos[owner])), -np.inf)
+            block_out, block_lse = xp.zeros((n, heads, dim), acc), xp.full((heads, n), -np.inf, acc)
         if step == 0:
-            out, lse = _merge(out, lse, block_out, block_lse)
+            out, lse = _merge(xp, out, lse, block_out, block_lse)
         else:
-            # the partial travels in q's dtype (out and lse), merged in float64 at its owner
-            packed = np.concatenate([block_out.reshape(len(pos[owner]), -1), block_lse.T], axis=1).astype(q.dtype)
-            pending.append((packed, comm.Isend(packed, owner, _TAG + 3)))
-            _count(stats, packed)
-        MPI.Request.Waitall(requests)
+            call.isend(call.pack(block_out.astype(q.dtype), block_lse.T.astype(call.wire)), owner, _TAG + 3)
+        _waitall(requests)
         if step < size - 1:
-            visiting = nxt
+            block = nxt
+            (visiting,) = call.unpack(nxt, *q_fields)
     for part, request in results:
         request.Wait()
-        out, lse = _merge(out, lse, part[:, :heads * dim].reshape(q.shape).astype(np.float64),
-                          part[:, heads * dim:].T.astype(np.float64))
-    MPI.Request.Waitall([r for _, r in pending])
+        part_out, part_lse = call.unpack(part, *part_fields)
+        out, lse = _merge(xp, out, lse, part_out.astype(acc), part_lse.T.astype(acc))
+    call.finish()
     return out.astype(q.dtype), lse
 
 
 def token_ring_attention_backward(dout, q, k, v, out, lse, comm, causal=False, softmax_scale=None,
                                   layout="zigzag", stats=None):
     """TokenRing's backward: (dq, dk, dv) for this rank's slices. The query side of each block
-    (q, dout, out, lse, in q's dtype) travels r -> r+1 as in the forward; every rank adds the
-    block's dK/dV into its own K/V gradients, which never move, and sends the block's dQ
-    partial straight back to the query's owner."""
-    from mpi4py import MPI
-
+    (q, dout, out in q's dtype, lse in the wire dtype) travels r -> r+1 as in the forward;
+    every rank adds the block's dK/dV into its own K/V gradients, which never move, and
+    sends the block's dQ partial (wire dtype) straight back to the query's owner."""
     size, rank = comm.Get_size(), comm.Get_rank()
-    _, pos = _check(comm, q, k, v, layout, causal, "token_ring_attention_backward", dout=dout)
-    scale = softmax_scale or 1.0 / math.sqrt(q.shape[2])
+    pos = _check(comm, q, k, v, layout, causal, "token_ring_attention_backward", dout=dout,
+                 extra=(("out", out), ("lse", lse)))
+    call = _Call(comm, q, stats)
+    xp, acc, scale = call.xp, call.acc, softmax_scale or 1.0 / math.sqrt(q.shape[2])
     heads, dim = q.shape[1], q.shape[2]
-    width = heads * dim
-    k64, v64 = k.astype(np.float64), v.astype(np.float64)
-    dq = np.zeros(q.shape)
-    dk, dv = np.zeros(k.shape), np.zeros(v.shape)
-    visiting = np.concatenate([q.reshape(len(q), -1), dout.reshape(len(q), -1), out.reshape(len(q), -1),
-                               lse.T], axis=1).astype(q.dtype)
-    pending, results = [], []
+    fields = [(q.dtype, (heads, dim))] * 3 + [(call.wire, (heads,))]
+    dq_fields = [(call.wire, (heads, dim))]
+    ka, va = k.astype(acc), v.astype(acc)
+    k_pos = call.on_device(pos[rank])
+    dq = xp.zeros(q.shape, dtype=acc)
+    dk, dv = xp.zeros(k.shape, dtype=acc), xp.zeros(v.shape, dtype=acc)
+    block = call.pack(q, dout, out.astype(q.dtype), lse.T.astype(call.wire))
+    results = []
     for step in range(size):
         owner = (rank - step) % size
         requests = []
         if step < size - 1:
-            nxt = np.empty((len(pos[(owner - 1) % size]), 3 * width + heads), dtype=q.dtype)
-            requests = [comm.Isend(visiting, (rank + 1) % size, _TAG + 4),
-                        comm.Irecv(nxt, (rank - 1) % size, _TAG + 4)]
-            _count(stats, visiting)
+            nxt, receive = call.irecv(len(pos[(owner - 1) % size]), _width(*fields), (rank - 1) % size, _TAG + 4)
+            requests = [receive, call.isend(block, (rank + 1) % size, _TAG + 4)]
         if step > 0:  # the dQ partial for this rank's queries computed at rank + step
-            part = np.empty(q.shape, dtype=q.dtype)
-            results.append((part, comm.Irecv(part, (rank + step) % size, _TAG + 5)))
+            results.append(call.irecv(len(pos[rank]), _width(*dq_fields), (rank + step) % size, _TAG + 5))
         n = len(pos[owner])
-        block = visiting.astype(np.float64)
-        vq, vdout, vout = (block[:, i * width:(i + 1) * width].reshape(n, heads, dim) for i in range(3))
-        dq_b = np.zeros((n, heads, dim))
-        if not causal or n and pos[rank].size and pos[owner].max() >= pos[rank].min():
-            dq_b, dk_b, dv_b = _block_backward(vq, k64, v64, vout, block[:, 3 * width:].T, vdout, scale,
-                                               pos[owner], pos[rank], causal)
+        dq_b = xp.zeros((n, heads, dim), dtype=acc)
+        if _sees(causal, pos[owner], pos[rank]):
+            vq, vdout, vout, vlse = (x.astype(acc) for x in call.unpack(block, *fields))
+            dq_b, dk_b, dv_b = _block_backward(xp, vq, ka, va, vout, vlse.T, vdout, scale,
+                                               call.on_device(pos[owner]), k_pos, causal)
             dk += dk_b
             dv += dv_b
         if step == 0:
             dq += dq_b
         else:
-            partial = np.ascontiguousarray(dq_b, dtype=q.dtype)
-            pending.append((partial, comm.Isend(partial, owner, _TAG + 5)))
-            _count(stats, partial)
-        MPI.Request.Waitall(requests)
+            call.isend(call.pack(dq_b.astype(call.wire)), owner, _TAG + 5)
+        _waitall(requests)
         if step < size - 1:
-            visiting = nxt
+            block = nxt
     for part, request in results:
         request.Wait()
-        dq += part
-    MPI.Request.Waitall([r for _, r in pending])
+        dq += call.unpack(part, *dq_fields)[0].astype(acc)
+    call.finish()
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
 def allgather_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigzag", stats=None):
     """(out, lse) after gathering every rank's K and V (one ``Allgatherv``): the simplest
     variant, and the one with the fewest messages; each rank receives the whole K/V."""
-    k_all, v_all, pos, pos_all = _gather_kv(comm, q, k, v, layout, causal, "allgather_attention", stats)
+    pos = _check(comm, q, k, v, layout, causal, "allgather_attention")
+    call = _Call(comm, q, stats)
+    k_all, v_all = _gather_kv(call, k, v, pos)
     scale = softmax_scale or 1.0 / math.sqrt(q.shape[2])
-    out, lse = _block_forward(q, k_all, v_all, scale, pos[comm.Get_rank()], pos_all, causal)
+    out, lse = _block_forward(call.xp, call.acc, q, k_all, v_all, scale, call.on_device(pos[comm.Get_rank()]),
+                              call.on_device(np.concatenate(pos)), causal)
     return out.astype(q.dtype), lse
 
 
 def allgather_attention_backward(dout, q, k, v, out, lse, comm, causal=False, softmax_scale=None,
                                  layout="zigzag"):
     """(dq, dk, dv): K and V gathered again, every rank's dK/dV contributions summed back onto
-    their owners with one ``Reduce_scatter``."""
-    k_all, v_all, pos, pos_all = _gather_kv(comm, q, k, v, layout, causal, "allgather_attention_backward",
-                                            None, dout=dout)
+    their owners with one ``Reduce_scatter`` (in the accumulation dtype)."""
+    pos = _check(comm, q, k, v, layout, causal, "allgather_attention_backward", dout=dout,
+                 extra=(("out", out), ("lse", lse)))
+    call = _Call(comm, q)
+    xp, acc = call.xp, call.acc
+    k_all, v_all = _gather_kv(call, k, v, pos)
     scale = softmax_scale or 1.0 / math.sqrt(q.shape[2])
-    dq, dk_all, dv_all = _block_backward(np.asarray(q, np.float64), k_all.astype(np.float64),
-                                         v_all.astype(np.float64), np.asarray(out, np.float64), lse,
-                                         np.asarray(dout, np.float64), scale, pos[comm.Get_rank()], pos_all, causal)
-    both = np.ascontiguousarray(np.stack([dk_all, dv_all], axis=1))  # [S, 2, H_kv, D]: one collective
-    mine = np.empty((k.shape[0], 2, *k.shape[1:]))
+    dq, dk_all, dv_all = _block_backward(xp, q.astype(acc), k_all.astype(acc), v_all.astype(acc), out.astype(acc),
+                                         lse.astype(acc), dout.astype(acc), scale,
+                                         call.on_device(pos[comm.Get_rank()]), call.on_device(np.concatenate(pos)),
+                                         causal)
+    both = np.ascontiguousarray(_host(xp.stack([dk_all, dv_all], axis=1)))  # [S, 2, H_kv, D]: one collective
+    mine = np.empty((k.shape[0], 2, *k.shape[1:]), dtype=acc)
     per_token = 2 * k.shape[1] * k.shape[2]
     comm.Reduce_scatter(both, mine, recvcounts=[len(p) * per_token for p in pos])
+    mine = call.on_device(mine)
     return dq.astype(q.dtype), mine[:, 0].astype(k.dtype), mine[:, 1].astype(v.dtype)
 
 
-def _gather_kv(comm, q, k, v, layout, causal, what, stats, dout=None):
-    _, pos = _check(comm, q, k, v, layout, causal, what, dout=dout)
-    per_token = 2 * k.shape[1] * k.shape[2]
-    mine = np.ascontiguousarray(np.stack([k, v], axis=1))  # [S_local, 2, H_kv, D]
-    total = sum(len(p) for p in pos)
-    gathered = np.empty((total, 2, *k.shape[1:]), dtype=k.dtype)
-    comm.Allgatherv(mine, [gathered, [len(p) * per_token for p in pos]])
-    if stats is not None:
-        stats["bytes_sent"] = stats.get("bytes_sent", 0) + (comm.Get_size() - 1) * mine.nbytes
-        stats["messages"] = stats.get("messages", 0) + comm.Get_size() - 1
-    return gathered[:, 0], gathered[:, 1], pos, np.concatenate(pos)
+def _gather_kv(call, k, v, pos):
+    """Every rank's K and V (in global order of the ranks' tokens), on the device."""
+    fields = [(k.dtype, k.shape[1:])] * 2
+    mine = np.ascontiguousarray(_host(call.pack(k, v)))
+    width = _width(*fields)
+    gathered = np.empty((sum(len(p) for p in pos), width), dtype=np.uint8)
+    call.comm.Allgatherv([mine, _byte()], [gathered, [len(p) * width for p in pos], _byte()])
+    size = call.comm.Get_size()
+    if call.stats is not None:
+        call.stats["bytes_sent"] = call.stats.get("bytes_sent", 0) + (size - 1) * mine.nbytes
+        call.stats["messages"] = call.stats.get("messages", 0) + size - 1
+    return call.unpack(gathered, *fields)

@@ -63,7 +63,7 @@ def test_zigzag_positions_cover_the_sequence_once():
     (lambda q, k, v: at.ring_attention(q, k, v[:3], MPI.COMM_SELF), "v: shape"),
     (lambda q, k, v: at.token_ring_attention(q[:, :3], k, v, MPI.COMM_SELF), "do not divide 3 query heads"),
     (lambda q, k, v: at.ring_attention(q, k, v, MPI.COMM_SELF, layout="striped"), "layout"),
-    (lambda q, k, v: at.ring_attention(q[0], k, v, MPI.COMM_SELF), "q: must be a numpy array"),
+    (lambda q, k, v: at.ring_attention(q[0], k, v, MPI.COMM_SELF), "q: must be a numpy or cupy array"),
 ])
 def test_bad_input_names_the_argument(call, match):
     q, k, v, _ = tensors(6, 4, 2, 4)
@@ -71,13 +71,17 @@ def test_bad_input_names_the_argument(call, match):
         call(q, k, v)
 
 
-def run_all(comm, total, heads, kv_heads, dim, causal, layout, dtype, tol):
-    q, k, v, dout = tensors(total, heads, kv_heads, dim, seed=total)
+def run_all(comm, total, heads, kv_heads, dim, causal, layout, dtype, tol, xp=np):
+    """Every variant, forward and backward, against the float64 reference of the same
+    (rounded to ``dtype``) inputs; ``xp`` is numpy or cupy."""
+    q, k, v, dout = (x.astype(dtype).astype(np.float64) for x in tensors(total, heads, kv_heads, dim, seed=total))
     out, lse, dq, dk, dv = at.attention_reference(q, k, v, causal, dout=dout)
     pos = at.positions(layout, comm.rank, comm.size, total)
-    mine = [x[pos].astype(dtype) for x in (q, k, v, dout)]
+    mine = [xp.asarray(x[pos].astype(dtype)) for x in (q, k, v, dout)]
 
     def rel(got, want):
+        assert type(got) is type(mine[0]), type(got)  # noqa: E721 - numpy in, numpy out; cupy in, cupy out
+        got = (got.get() if xp is not np else got).astype(np.float64)
         return float(np.abs(got - want).max(initial=0) / max(np.abs(want).max(initial=0), 1e-300))
 
     o, lse_ring = at.ring_attention(*mine[:3], comm, causal, layout=layout)
@@ -96,6 +100,22 @@ def run_all(comm, total, heads, kv_heads, dim, causal, layout, dtype, tol):
               "allgather dk": rel(grads_ag[1], dk[pos]), "allgather dv": rel(grads_ag[2], dv[pos])}
     worst = comm.allreduce(max(errors.values()), op=MPI.MAX)
     assert worst < tol, errors
+
+
+def gpu_dtype(name):
+    """(cupy, the numpy dtype, the tolerance) for a GPU test; bfloat16 is ml_dtypes' (CuPy 14)."""
+    from pyhpc import cuda
+
+    cp = cuda.cupy()
+    if name == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+        try:
+            cp.zeros(1, dtype=dtype)
+        except Exception as exc:  # noqa: BLE001 - an older cupy without bfloat16
+            pytest.skip(f"cupy has no bfloat16: {exc}")
+    else:
+        dtype = np.dtype(name).type
+    return cp, dtype, (1e-5 if name == "float32" else 2.5e-2)
 
 
 @pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
@@ -154,3 +174,39 @@ def test_bytes_sent_are_the_closed_form(comm, heads):
     gathered = {}
     at.allgather_attention(*mine, comm, True, stats=gathered)
     assert gathered == {"bytes_sent": (comm.size - 1) * 2 * held[0] * hkv * dim * 4, "messages": comm.size - 1}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_one_rank(name, causal):
+    cp, dtype, tol = gpu_dtype(name)
+    run_all(MPI.COMM_SELF, 11, 4, 2, 8, causal, "zigzag", dtype, tol, xp=cp)
+
+
+@pytest.mark.gpu
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("name", ["float32", "float16", "bfloat16"])
+def test_gpu_every_variant_matches_the_reference(comm, name):
+    cp, dtype, tol = gpu_dtype(name)
+    for causal in (False, True):
+        for layout in at.LAYOUTS:
+            run_all(comm, 8 * comm.size + 3, 4, 2, 16, causal, layout, dtype, tol, xp=cp)  # GQA, uneven
+        run_all(comm, 64 * comm.size, 4, 4, 64, causal, "zigzag", dtype, tol, xp=cp)  # MHA, longer
+
+
+@pytest.mark.gpu
+@pytest.mark.mpi(min_size=2)
+def test_gpu_mixed_kinds_raise_on_every_rank(comm):
+    from pyhpc import cuda
+
+    cp = cuda.cupy()
+    total = 8 * comm.size
+    q, k, v, _ = tensors(total, 4, 2, 4)
+    pos = at.positions("zigzag", comm.rank, comm.size, total)
+    q, k, v = (cp.asarray(x[pos].astype(np.float32)) for x in (q, k, v))
+    with pytest.raises(InvalidArgumentError, match="rank 1: token_ring_attention: k: is a numpy array"):
+        at.token_ring_attention(q, k.get() if comm.rank == 1 else k, v, comm)
+    with pytest.raises(InvalidArgumentError, match="ranks disagree"):
+        at.ring_attention(q.get() if comm.rank == 0 else q, k.get() if comm.rank == 0 else k,
+                          v.get() if comm.rank == 0 else v, comm)
