@@ -41,6 +41,7 @@ written yet: the Ulysses variant, ``choose_attention`` and the overlap measureme
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -48,8 +49,10 @@ import numpy as np
 from pyhpc.cuda import array_module, is_cupy_array
 from pyhpc.errors import InvalidArgumentError
 
-__all__ = ["LAYOUTS", "allgather_attention", "allgather_attention_backward", "attention_reference", "positions", "ring_attention", "ring_attention_backward",
-           "token_ring_attention", "token_ring_attention_backward"]
+__all__ = ["LAYOUTS", "VARIANTS", "Choice", "allgather_attention", "allgather_attention_backward",
+           "attention_reference", "choose_attention", "positions", "ring_attention", "ring_attention_backward",
+           "token_ring_attention", "token_ring_attention_backward", "traffic", "ulysses_attention",
+           "ulysses_attention_backward"]
 
 LAYOUTS = ("contiguous", "zigzag")
 _TAG = 0x7A77
@@ -318,13 +321,14 @@ def ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigz
     return out.astype(q.dtype), lse
 
 
-def ring_attention_backward(dout, q, k, v, out, lse, comm, causal=False, softmax_scale=None, layout="zigzag"):
+def ring_attention_backward(dout, q, k, v, out, lse, comm, causal=False, softmax_scale=None, layout="zigzag",
+                            stats=None):
     """(dq, dk, dv) for this rank's slices, from the forward's out and lse: K, V and their
     gradient accumulators travel round the ring and are back home after P steps."""
     size, rank = comm.Get_size(), comm.Get_rank()
     pos = _check(comm, q, k, v, layout, causal, "ring_attention_backward", dout=dout,
                  extra=(("out", out), ("lse", lse)))
-    call = _Call(comm, q)
+    call = _Call(comm, q, stats)
     xp, acc, scale = call.xp, call.acc, softmax_scale or 1.0 / math.sqrt(q.shape[2])
     qa, outa, douta, lsea = q.astype(acc), out.astype(acc), dout.astype(acc), lse.astype(acc)
     q_pos = call.on_device(pos[rank])
@@ -457,12 +461,12 @@ def allgather_attention(q, k, v, comm, causal=False, softmax_scale=None, layout=
 
 
 def allgather_attention_backward(dout, q, k, v, out, lse, comm, causal=False, softmax_scale=None,
-                                 layout="zigzag"):
+                                 layout="zigzag", stats=None):
     """(dq, dk, dv): K and V gathered again, every rank's dK/dV contributions summed back onto
     their owners with one ``Reduce_scatter`` (in the accumulation dtype)."""
     pos = _check(comm, q, k, v, layout, causal, "allgather_attention_backward", dout=dout,
                  extra=(("out", out), ("lse", lse)))
-    call = _Call(comm, q)
+    call = _Call(comm, q, stats)
     xp, acc = call.xp, call.acc
     k_all, v_all = _gather_kv(call, k, v, pos)
     scale = softmax_scale or 1.0 / math.sqrt(q.shape[2])
@@ -474,6 +478,9 @@ def allgather_attention_backward(dout, q, k, v, out, lse, comm, causal=False, so
     mine = np.empty((k.shape[0], 2, *k.shape[1:]), dtype=acc)
     per_token = 2 * k.shape[1] * k.shape[2]
     comm.Reduce_scatter(both, mine, recvcounts=[len(p) * per_token for p in pos])
+    if stats is not None:  # counted as a direct exchange: every other rank's rows, once
+        stats["bytes_sent"] += (both.shape[0] - k.shape[0]) * per_token * both.itemsize
+        stats["messages"] += comm.Get_size() - 1
     mine = call.on_device(mine)
     return dq.astype(q.dtype), mine[:, 0].astype(k.dtype), mine[:, 1].astype(v.dtype)
 
@@ -490,3 +497,197 @@ def _gather_kv(call, k, v, pos):
         call.stats["bytes_sent"] = call.stats.get("bytes_sent", 0) + (size - 1) * mine.nbytes
         call.stats["messages"] = call.stats.get("messages", 0) + size - 1
     return call.unpack(gathered, *fields)
+
+
+# ---- Ulysses: all-to-all over heads ------------------------------------------------------------------
+
+def _ulysses_heads(heads: int, kv_heads: int, size: int) -> list[tuple[slice, slice]]:
+    """Per rank: (its query heads, the K/V heads they read) for the Ulysses exchange."""
+    h, group = heads // size, heads // kv_heads
+    return [(slice(j * h, (j + 1) * h), slice(j * h // group, ((j + 1) * h - 1) // group + 1)) for j in range(size)]
+
+
+def _check_ulysses(comm, q, k, what) -> None:
+    """Ulysses splits heads over ranks: P must divide H, and P and H_kv one another (each
+    rank's query heads then read a whole number of K/V heads). Shapes agree across ranks
+    already, so every rank raises alike."""
+    size, heads, kv_heads = comm.Get_size(), q.shape[1], k.shape[1]
+    if heads % size:
+        raise InvalidArgumentError(f"{what}: q: {heads} heads do not split over {size} ranks")
+    if kv_heads % size and size % kv_heads:
+        raise InvalidArgumentError(f"{what}: k: {kv_heads} K/V heads and {size} ranks: one must divide the other")
+
+
+def _alltoall(call, parts, recv_rows, recv_width):
+    """One ``Alltoallv`` of byte rows: ``parts[j]`` (rows for rank j, on the host or device)
+    out; back the rows from every rank in rank order ([sum(recv_rows), recv_width], host)."""
+    size, rank = call.comm.Get_size(), call.comm.Get_rank()
+    flat = [p.reshape(-1) for p in parts]
+    send = np.ascontiguousarray(_host(call.xp.concatenate(flat)))
+    counts = [int(p.size) for p in flat]
+    recv = np.empty((sum(recv_rows), recv_width), dtype=np.uint8)
+    rcounts = [n * recv_width for n in recv_rows]
+    call.comm.Alltoallv([send, counts, _offsets(counts), _byte()], [recv, rcounts, _offsets(rcounts), _byte()])
+    if call.stats is not None:
+        call.stats["bytes_sent"] = call.stats.get("bytes_sent", 0) + sum(counts) - counts[rank]
+        call.stats["messages"] = call.stats.get("messages", 0) + size - 1
+    return recv
+
+
+def _offsets(counts):
+    return [int(x) for x in np.concatenate([[0], np.cumsum(counts)[:-1]])]
+
+
+def ulysses_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigzag", stats=None):
+    """DeepSpeed-Ulysses: (out, lse) like :func:`ring_attention`. One all-to-all gives each rank
+    all tokens of H/P query heads (and the K/V heads they read); it computes their attention
+    over the whole sequence; one all-to-all sends out and lse back to the tokens' owners.
+    P must divide H, and P and H_kv one another."""
+    size, rank = comm.Get_size(), comm.Get_rank()
+    pos = _check(comm, q, k, v, layout, causal, "ulysses_attention")
+    _check_ulysses(comm, q, k, "ulysses_attention")
+    call = _Call(comm, q, stats)
+    xp, acc, scale = call.xp, call.acc, softmax_scale or 1.0 / math.sqrt(q.shape[2])
+    split, dim, tokens = _ulysses_heads(q.shape[1], k.shape[1], size), q.shape[2], [len(p) for p in pos]
+    qh, kh = split[rank]
+    h, kv = qh.stop - qh.start, kh.stop - kh.start
+    fields = [(q.dtype, (h, dim)), (q.dtype, (kv, dim)), (q.dtype, (kv, dim))]
+    rows = _alltoall(call, [call.pack(q[:, a], k[:, b], v[:, b]) for a, b in split], tokens, _width(*fields))
+    qa, ka, va = call.unpack(rows, *fields)
+    every = call.on_device(np.concatenate(pos))
+    out_h, lse_h = _block_forward(xp, acc, qa, ka, va, scale, every, every, causal)  # [S, h, D], [h, S]
+    starts = np.concatenate([[0], np.cumsum(tokens)]).astype(int)
+    back = [call.pack(out_h[starts[i]:starts[i + 1]].astype(q.dtype), lse_h[:, starts[i]:starts[i + 1]].T
+                      .astype(call.wire)) for i in range(size)]
+    part_fields = [(q.dtype, (h, dim)), (call.wire, (h,))]
+    parts_out, parts_lse = call.unpack(_alltoall(call, back, [len(q)] * size, _width(*part_fields)), *part_fields)
+    # from rank j: this rank's tokens for heads j*h..(j+1)*h-1; heads in rank order are all H
+    out = parts_out.reshape(size, len(q), h, dim).transpose(1, 0, 2, 3).reshape(q.shape)
+    lse = parts_lse.reshape(size, len(q), h).transpose(0, 2, 1).reshape(q.shape[1], len(q))
+    return out.astype(q.dtype), lse.astype(acc)
+
+
+def ulysses_attention_backward(dout, q, k, v, out, lse, comm, causal=False, softmax_scale=None,
+                               layout="zigzag", stats=None):
+    """(dq, dk, dv) for Ulysses: one all-to-all of the query side and K/V by heads, the
+    backward of whole-sequence attention for H/P heads, one all-to-all of dQ and dK/dV
+    back (dK/dV in the wire dtype, summed at the owner where K/V heads were shared)."""
+    size, rank = comm.Get_size(), comm.Get_rank()
+    pos = _check(comm, q, k, v, layout, causal, "ulysses_attention_backward", dout=dout,
+                 extra=(("out", out), ("lse", lse)))
+    _check_ulysses(comm, q, k, "ulysses_attention_backward")
+    call = _Call(comm, q, stats)
+    xp, acc, scale = call.xp, call.acc, softmax_scale or 1.0 / math.sqrt(q.shape[2])
+    split, dim, tokens = _ulysses_heads(q.shape[1], k.shape[1], size), q.shape[2], [len(p) for p in pos]
+    qh, kh = split[rank]
+    h, kv = qh.stop - qh.start, kh.stop - kh.start
+    fields = [(q.dtype, (h, dim))] * 3 + [(call.wire, (h,))] + [(q.dtype, (kv, dim))] * 2
+    out_, lse_t = out.astype(q.dtype), lse.T.astype(call.wire)
+    rows = _alltoall(call, [call.pack(q[:, a], dout[:, a], out_[:, a], lse_t[:, a], k[:, b], v[:, b])
+                            for a, b in split], tokens, _width(*fields))
+    qa, da, oa, la, ka, va = (x.astype(acc) for x in call.unpack(rows, *fields))
+    every = call.on_device(np.concatenate(pos))
+    dq_h, dk_h, dv_h = _block_backward(xp, qa, ka, va, oa, la.T, da, scale, every, every, causal)
+    starts = np.concatenate([[0], np.cumsum(tokens)]).astype(int)
+    back = [call.pack(dq_h[starts[i]:starts[i + 1]].astype(q.dtype), dk_h[starts[i]:starts[i + 1]].astype(call.wire),
+                      dv_h[starts[i]:starts[i + 1]].astype(call.wire)) for i in range(size)]
+    dq = xp.empty(q.shape, dtype=q.dtype)
+    dk, dv = xp.zeros(k.shape, dtype=acc), xp.zeros(v.shape, dtype=acc)
+    widths = [_width((q.dtype, (a.stop - a.start, dim)), (call.wire, (2 * (b.stop - b.start), dim)))
+              for a, b in split]
+    if len(set(widths)) != 1:  # never: every rank's share has the same shape
+        raise AssertionError(f"ulysses: uneven shares {widths}")
+    got = _alltoall(call, back, [len(q)] * size, widths[0])
+    for j, (a, b) in enumerate(split):
+        n = b.stop - b.start
+        gq, gk, gv = call.unpack(got[j * len(q):(j + 1) * len(q)], (q.dtype, (a.stop - a.start, dim)),
+                                 (call.wire, (n, dim)), (call.wire, (n, dim)))
+        dq[:, a] = gq
+        dk[:, b] += gk.astype(acc)
+        dv[:, b] += gv.astype(acc)
+    return dq, dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+# ---- bytes on the wire, and the choice of a variant ---------------------------------------------------
+
+VARIANTS = ("ring", "token_ring", "allgather", "ulysses")
+
+
+def traffic(variant: str, tokens, heads: int, kv_heads: int, dim: int, dtype=np.float32, gpu: bool = False,
+            backward: bool = False) -> np.ndarray:
+    """Bytes rank i sends rank j ([P, P]) in one forward (or backward) pass of ``variant``, as
+    the implementation sends them; ``tokens`` are the ranks' tokens (S_r). The all-gather's
+    collectives count as pairwise exchanges (the Reduce_scatter's partial sums too)."""
+    if variant not in VARIANTS:
+        raise InvalidArgumentError(f"variant: {variant!r} is not one of {VARIANTS}")
+    size = len(tokens)
+    item = np.dtype(dtype).itemsize
+    wire = 4 if item < 4 else item
+    acc = 8 if not gpu or item == 8 else 4
+    s, hd, kvd = np.asarray(tokens, dtype=np.int64), heads * dim, kv_heads * dim
+    t = np.zeros((size, size), dtype=np.int64)
+    for r in range(size):
+        right = (r + 1) % size
+        if variant == "ring":
+            per = 2 * kvd * item + (2 * kvd * acc if backward else 0)  # k, v (and dk, dv) per token
+            for step in range(size if backward else size - 1):  # the backward's last pass takes it home
+                t[r, right] += s[(r - step) % size] * per
+        elif variant == "token_ring":
+            visit = 3 * hd * item + heads * wire if backward else hd * item  # q (dout, out, lse)
+            back = hd * wire if backward else hd * item + heads * wire  # dq partial (out, lse)
+            for step in range(size - 1):
+                t[r, right] += s[(r - step) % size] * visit
+            for step in range(1, size):
+                t[r, (r - step) % size] += s[(r - step) % size] * back
+        elif variant == "allgather":
+            for j in range(size):
+                t[r, j] += s[r] * 2 * kvd * item + (s[j] * 2 * kvd * acc if backward else 0)
+        else:
+            split = _ulysses_heads(heads, kv_heads, size)
+            h = heads // size
+            kv = [b.stop - b.start for _, b in split]
+            for j in range(size):
+                if backward:  # q, dout, out, lse and k, v out; dq and dk, dv back
+                    t[r, j] += s[r] * ((3 * h * dim + 2 * kv[j] * dim) * item + h * wire)
+                    t[r, j] += s[j] * (h * dim * item + 2 * kv[r] * dim * wire)
+                else:  # q, k, v out; out and lse back
+                    t[r, j] += s[r] * (h * dim + 2 * kv[j] * dim) * item + s[j] * h * (dim * item + wire)
+    np.fill_diagonal(t, 0)
+    return t
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What :func:`choose_attention` found: the variant, its functions, and per variant the
+    bytes on the busiest link (the most any rank sends or receives, forward + backward)."""
+
+    name: str
+    forward: Any
+    backward: Any
+    busiest: dict
+
+
+def choose_attention(total: int, heads: int, kv_heads: int, dim: int, ranks: int, dtype=np.float32,
+                     layout: str = "zigzag", gpu: bool = False, backward: bool = True) -> Choice:
+    """The variant that puts the fewest bytes on the busiest link (each rank's own link to the
+    others, full duplex: the most any rank sends or receives) for these shapes and ranks,
+    forward plus (``backward=True``) backward. Ulysses takes part where its head split fits.
+    Ties go to the variant earlier in :data:`VARIANTS`. Pure arithmetic: no communication."""
+    for name, value in (("total", total), ("heads", heads), ("kv_heads", kv_heads), ("dim", dim), ("ranks", ranks)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise InvalidArgumentError(f"{name}: must be an integer >= 1, got {value!r}")
+    if heads % kv_heads:
+        raise InvalidArgumentError(f"kv_heads: {kv_heads} does not divide heads={heads}")
+    tokens = [len(positions(layout, r, ranks, total)) for r in range(ranks)]
+    busiest = {}
+    for variant in VARIANTS:
+        if variant == "ulysses" and (heads % ranks or kv_heads % ranks and ranks % kv_heads):
+            continue
+        t = sum(traffic(variant, tokens, heads, kv_heads, dim, dtype, gpu, b) for b in (False, True)[:1 + backward])
+        busiest[variant] = int(max(t.sum(axis=1).max(), t.sum(axis=0).max()))
+    name = min(busiest, key=lambda v: (busiest[v], VARIANTS.index(v)))
+    table = {"ring": (ring_attention, ring_attention_backward),
+             "token_ring": (token_ring_attention, token_ring_attention_backward),
+             "allgather": (allgather_attention, allgather_attention_backward),
+             "ulysses": (ulysses_attention, ulysses_attention_backward)}
+    return Choice(name, *table[name], busiest)

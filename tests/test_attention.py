@@ -98,6 +98,13 @@ def run_all(comm, total, heads, kv_heads, dim, causal, layout, dtype, tol, xp=np
               "token_ring dv": rel(grads_tr[2], dv[pos]), "allgather out": rel(o_ag, out[pos]),
               "allgather lse": rel(lse_ag, lse[:, pos]), "allgather dq": rel(grads_ag[0], dq[pos]),
               "allgather dk": rel(grads_ag[1], dk[pos]), "allgather dv": rel(grads_ag[2], dv[pos])}
+    if heads % comm.size == 0 and (kv_heads % comm.size == 0 or comm.size % kv_heads == 0):  # Ulysses fits
+        o_u, lse_u = at.ulysses_attention(*mine[:3], comm, causal, layout=layout)
+        grads_u = at.ulysses_attention_backward(mine[3], *mine[:3], o_u, lse_u, comm, causal, layout=layout)
+        assert o_u.dtype == dtype and all(g.dtype == dtype for g in grads_u)
+        errors.update({"ulysses out": rel(o_u, out[pos]), "ulysses lse": rel(lse_u, lse[:, pos]),
+                       "ulysses dq": rel(grads_u[0], dq[pos]), "ulysses dk": rel(grads_u[1], dk[pos]),
+                       "ulysses dv": rel(grads_u[2], dv[pos])})
     worst = comm.allreduce(max(errors.values()), op=MPI.MAX)
     assert worst < tol, errors
 
@@ -156,25 +163,58 @@ def test_bad_input_on_one_rank_raises_on_every_rank(comm):
 
 
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("heads", [(4, 4), (4, 1)])
-def test_bytes_sent_are_the_closed_form(comm, heads):
+@pytest.mark.parametrize("heads", [(4, 4), (4, 1), (8, 2)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bytes_sent_are_the_closed_form(comm, heads, dtype):
     total, dim = 8 * comm.size + 3, 8
     h, hkv = heads
-    q, k, v, _ = tensors(total, h, hkv, dim)
+    q, k, v, dout = tensors(total, h, hkv, dim)
     pos = [at.positions("zigzag", r, comm.size, total) for r in range(comm.size)]
-    mine = [x[pos[comm.rank]].astype(np.float32) for x in (q, k, v)]
-    ring, token = {}, {}
-    at.ring_attention(*mine, comm, True, stats=ring)
-    at.token_ring_attention(*mine, comm, True, stats=token)
-    held = [len(pos[(comm.rank - s) % comm.size]) for s in range(comm.size)]  # block in hand at step s
-    # the block in hand is sent on at steps 0..P-2; TokenRing's partials go back at steps 1..P-1
-    assert ring == {"bytes_sent": sum(2 * n * hkv * dim * 4 for n in held[:-1]), "messages": comm.size - 1}
-    assert token == {"bytes_sent": sum(n * h * dim * 4 for n in held[:-1])
-                     + sum(n * (h * dim + h) * 4 for n in held[1:]), "messages": 2 * (comm.size - 1)}
-    gathered = {}
-    at.allgather_attention(*mine, comm, True, stats=gathered)
-    assert gathered == {"bytes_sent": (comm.size - 1) * 2 * held[0] * hkv * dim * 4, "messages": comm.size - 1}
+    tokens = [len(p) for p in pos]
+    mine = [x[pos[comm.rank]].astype(dtype) for x in (q, k, v, dout)]
+    variants = {"ring": (at.ring_attention, at.ring_attention_backward),
+                "token_ring": (at.token_ring_attention, at.token_ring_attention_backward),
+                "allgather": (at.allgather_attention, at.allgather_attention_backward),
+                "ulysses": (at.ulysses_attention, at.ulysses_attention_backward)}
+    assert set(variants) == set(at.VARIANTS)
+    for name, (forward, backward) in variants.items():
+        if name == "ulysses" and (h % comm.size or hkv % comm.size and comm.size % hkv):
+            continue
+        sent, sent_back = {}, {}
+        out, lse = forward(*mine[:3], comm, True, stats=sent)
+        backward(mine[3], *mine[:3], out, lse, comm, True, stats=sent_back)
+        for stats, back in ((sent, False), (sent_back, True)):
+            want = at.traffic(name, tokens, h, hkv, dim, dtype, backward=back)
+            assert stats["bytes_sent"] == want[comm.rank].sum(), (name, back)
+    # by hand, for the forward: the block in hand is sent on at steps 0..P-2; TokenRing's
+    # partials (out and lse) go back at steps 1..P-1
+    item = np.dtype(dtype).itemsize
+    held = [tokens[(comm.rank - s) % comm.size] for s in range(comm.size)]
+    assert at.traffic("ring", tokens, h, hkv, dim, dtype)[comm.rank].sum() == sum(
+        2 * n * hkv * dim * item for n in held[:-1])
+    assert at.traffic("token_ring", tokens, h, hkv, dim, dtype)[comm.rank].sum() == sum(
+        n * h * dim * item for n in held[:-1]) + sum(n * (h * dim + h) * item for n in held[1:])
 
+
+def test_choose_attention_picks_the_fewest_bytes_on_the_busiest_link():
+    # MHA on 8 ranks: Ulysses moves each token's q, k, v and out once; the rings move K/V
+    # (or Q and partials) 7 times
+    choice = at.choose_attention(8192, 32, 32, 128, 8)
+    assert choice.name == "ulysses" and choice.forward is at.ulysses_attention
+    assert choice.busiest["ulysses"] < choice.busiest["ring"] / 2
+    # GQA 32/2 on 2 ranks: the K/V ring sends one small K/V block; Ulysses sends half of q
+    choice = at.choose_attention(8192, 32, 2, 128, 2)
+    assert choice.name in ("ring", "allgather") and choice.busiest["ring"] < choice.busiest["token_ring"]
+    # 3 ranks do not split 32 heads: no Ulysses
+    assert "ulysses" not in at.choose_attention(999, 32, 8, 64, 3).busiest
+    # the busiest link is the closed form's: ring, forward only, 2 ranks of 4096 tokens
+    assert at.choose_attention(8192, 8, 8, 64, 2, backward=False).busiest["ring"] == 4096 * 2 * 8 * 64 * 4
+    with pytest.raises(InvalidArgumentError, match="ranks"):
+        at.choose_attention(64, 8, 8, 64, 0)
+    with pytest.raises(InvalidArgumentError, match="kv_heads"):
+        at.choose_attention(64, 8, 3, 64, 2)
+    with pytest.raises(InvalidArgumentError, match="variant"):
+        at.traffic("stripe", [4, 4], 8, 8, 64)
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["float32", "float16", "bfloat16"])
