@@ -285,6 +285,34 @@ def _waitall(requests) -> None:
     MPI.Request.Waitall(list(requests))
 
 
+def _visible(causal, q_pos, k_pos) -> int:
+    """How many of the keys (ascending positions, as both layouts hold them) any query sees:
+    with a causal mask, a prefix."""
+    if not causal:
+        return len(k_pos) if len(q_pos) else 0
+    return int(np.searchsorted(k_pos, q_pos.max(), side="right")) if len(q_pos) else 0
+
+
+def _attend(call, q, k, v, scale, q_pos, k_pos, causal):
+    """(out, lse) of queries q over the keys they can see (K cut to its visible prefix)."""
+    xp, acc, n = call.xp, call.acc, _visible(causal, q_pos, k_pos)
+    if n == 0:
+        return xp.zeros(q.shape, acc), xp.full((q.shape[1], q.shape[0]), -np.inf, acc)
+    return _block_forward(xp, acc, q, k[:n], v[:n], scale, call.on_device(q_pos), call.on_device(k_pos[:n]), causal)
+
+
+def _attend_backward(call, q, k, v, out, lse, dout, scale, q_pos, k_pos, causal):
+    """(dq, dk, dv) of one block (accumulation dtype), K cut to its visible prefix; dk and dv
+    have all of k's rows."""
+    xp, acc, n = call.xp, call.acc, _visible(causal, q_pos, k_pos)
+    dk, dv = xp.zeros(k.shape, acc), xp.zeros(v.shape, acc)
+    if n == 0:
+        return xp.zeros(q.shape, acc), dk, dv
+    dq, dk[:n], dv[:n] = _block_backward(xp, q, k[:n], v[:n], out, lse, dout, scale, call.on_device(q_pos),
+                                         call.on_device(k_pos[:n]), causal)
+    return dq, dk, dv
+
+
 def _sees(causal, q_pos, k_pos) -> bool:
     """Whether any query of q_pos sees any key of k_pos."""
     return not causal or q_pos.size > 0 and k_pos.size > 0 and q_pos.max() >= k_pos.min()
@@ -301,7 +329,6 @@ def ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigz
     kv_fields = [(q.dtype, k.shape[1:])] * 2
     out = xp.zeros(q.shape, dtype=call.acc)
     lse = xp.full((q.shape[1], q.shape[0]), -np.inf, dtype=call.acc)
-    q_pos = call.on_device(pos[rank])
     block, kb, vb = None, k, v  # the block in hand: byte rows (None: our own) and its K, V
     for step in range(size):
         owner = (rank - step) % size  # whose K/V block is here
@@ -310,8 +337,7 @@ def ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigz
             nxt, receive = call.irecv(len(pos[(owner - 1) % size]), _width(*kv_fields), (rank - 1) % size, _TAG)
             requests = [receive, call.isend(call.pack(k, v) if block is None else block, (rank + 1) % size, _TAG)]
         if _sees(causal, pos[rank], pos[owner]):
-            block_out, block_lse = _block_forward(xp, call.acc, q, kb, vb, scale, q_pos,
-                                                  call.on_device(pos[owner]), causal)
+            block_out, block_lse = _attend(call, q, kb, vb, scale, pos[rank], pos[owner], causal)
             out, lse = _merge(xp, out, lse, block_out, block_lse)
         _waitall(requests)
         if step < size - 1:
@@ -331,7 +357,6 @@ def ring_attention_backward(dout, q, k, v, out, lse, comm, causal=False, softmax
     call = _Call(comm, q, stats)
     xp, acc, scale = call.xp, call.acc, softmax_scale or 1.0 / math.sqrt(q.shape[2])
     qa, outa, douta, lsea = q.astype(acc), out.astype(acc), dout.astype(acc), lse.astype(acc)
-    q_pos = call.on_device(pos[rank])
     dq = xp.zeros(q.shape, dtype=acc)
     # one travelling message: k, v (in their dtype) and dk, dv (accumulators) of one rank's block
     fields = [(q.dtype, k.shape[1:])] * 2 + [(acc, k.shape[1:])] * 2
@@ -339,8 +364,8 @@ def ring_attention_backward(dout, q, k, v, out, lse, comm, causal=False, softmax
     for step in range(size):
         owner = (rank - step) % size
         if _sees(causal, pos[rank], pos[owner]):
-            dq_b, dk_b, dv_b = _block_backward(xp, qa, kb.astype(acc), vb.astype(acc), outa, lsea, douta, scale,
-                                               q_pos, call.on_device(pos[owner]), causal)
+            dq_b, dk_b, dv_b = _attend_backward(call, qa, kb.astype(acc), vb.astype(acc), outa, lsea, douta, scale,
+                                                pos[rank], pos[owner], causal)
             dq += dq_b
             dkb += dk_b
             dvb += dv_b
@@ -365,6 +390,17 @@ def token_ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout
     part_fields = [(q.dtype, (heads, dim)), (call.wire, (heads,))]
     out = xp.zeros(q.shape, dtype=acc)
     lse = xp.full((heads, q.shape[0]), -np.inf, dtype=acc)
+    if causal and layout == "zigzag" and size > 1:
+        def compute(owner, rows, fields):
+            block_out, block_lse = _attend(call, fields[0], k, v, scale, pos[owner][rows], pos[rank], causal)
+            return [block_out.astype(q.dtype), block_lse.T.astype(call.wire)]
+
+        for rows, (part_out, part_lse) in _zigzag_token_ring(call, pos, q_fields, lambda rows: call.pack(q[rows]),
+                                                               compute, part_fields, _TAG + 8):
+            out[rows], lse[:, rows] = _merge(xp, out[rows], lse[:, rows], part_out.astype(acc),
+                                             part_lse.T.astype(acc))
+        call.finish()
+        return out.astype(q.dtype), lse
     k_pos = call.on_device(pos[rank])
     block, visiting = None, q  # the query block in hand: byte rows (None: our own) and its q
     results = []
@@ -376,12 +412,7 @@ def token_ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout
             requests = [receive, call.isend(call.pack(q) if block is None else block, (rank + 1) % size, _TAG + 2)]
         if step > 0:  # the partial for this rank's queries computed at this step comes from rank + step
             results.append(call.irecv(len(pos[rank]), _width(*part_fields), (rank + step) % size, _TAG + 3))
-        n = len(pos[owner])
-        if _sees(causal, pos[owner], pos[rank]):
-            block_out, block_lse = _block_forward(xp, acc, visiting, k, v, scale, call.on_device(pos[owner]),
-                                                  k_pos, causal)
-        else:
-            block_out, block_lse = xp.zeros((n, heads, dim), acc), xp.full((heads, n), -np.inf, acc)
+        block_out, block_lse = _attend(call, visiting, k, v, scale, pos[owner], pos[rank], causal)
         if step == 0:
             out, lse = _merge(xp, out, lse, block_out, block_lse)
         else:
@@ -413,10 +444,23 @@ def token_ring_attention_backward(dout, q, k, v, out, lse, comm, causal=False, s
     fields = [(q.dtype, (heads, dim))] * 3 + [(call.wire, (heads,))]
     dq_fields = [(call.wire, (heads, dim))]
     ka, va = k.astype(acc), v.astype(acc)
-    k_pos = call.on_device(pos[rank])
     dq = xp.zeros(q.shape, dtype=acc)
     dk, dv = xp.zeros(k.shape, dtype=acc), xp.zeros(v.shape, dtype=acc)
     block = call.pack(q, dout, out.astype(q.dtype), lse.T.astype(call.wire))
+    if causal and layout == "zigzag" and size > 1:
+        def compute(owner, rows, got):
+            vq, vdout, vout, vlse = (x.astype(acc) for x in got)
+            dq_b, dk_b, dv_b = _attend_backward(call, vq, ka, va, vout, vlse.T, vdout, scale, pos[owner][rows],
+                                                pos[rank], causal)
+            dk[...] += dk_b
+            dv[...] += dv_b
+            return [dq_b.astype(call.wire)]
+
+        for rows, (part,) in _zigzag_token_ring(call, pos, fields, lambda rows: block[rows], compute, dq_fields,
+                                                _TAG + 12):
+            dq[rows] += part.astype(acc)
+        call.finish()
+        return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
     results = []
     for step in range(size):
         owner = (rank - step) % size
@@ -426,14 +470,11 @@ def token_ring_attention_backward(dout, q, k, v, out, lse, comm, causal=False, s
             requests = [receive, call.isend(block, (rank + 1) % size, _TAG + 4)]
         if step > 0:  # the dQ partial for this rank's queries computed at rank + step
             results.append(call.irecv(len(pos[rank]), _width(*dq_fields), (rank + step) % size, _TAG + 5))
-        n = len(pos[owner])
-        dq_b = xp.zeros((n, heads, dim), dtype=acc)
-        if _sees(causal, pos[owner], pos[rank]):
-            vq, vdout, vout, vlse = (x.astype(acc) for x in call.unpack(block, *fields))
-            dq_b, dk_b, dv_b = _block_backward(xp, vq, ka, va, vout, vlse.T, vdout, scale,
-                                               call.on_device(pos[owner]), k_pos, causal)
-            dk += dk_b
-            dv += dv_b
+        vq, vdout, vout, vlse = (x.astype(acc) for x in call.unpack(block, *fields))
+        dq_b, dk_b, dv_b = _attend_backward(call, vq, ka, va, vout, vlse.T, vdout, scale, pos[owner], pos[rank],
+                                            causal)
+        dk += dk_b
+        dv += dv_b
         if step == 0:
             dq += dq_b
         else:
@@ -446,6 +487,66 @@ def token_ring_attention_backward(dout, q, k, v, out, lse, comm, causal=False, s
         dq += call.unpack(part, *dq_fields)[0].astype(acc)
     call.finish()
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+def _zigzag_token_ring(call, pos, fields, half_of, compute, part_fields, tag):
+    """TokenRing's schedule for causal attention on the zigzag layout, where each query block
+    travels as two halves that go separate ways. Rank o holds chunk o ("low") and chunk
+    2P-1-o ("high"). Every rank's keys are visible to o's high half, so it travels right
+    round the whole ring; only ranks r < o see o's low half (against their own low chunk),
+    so it travels left, o -> o-1 -> ... -> 0, and no further. Each half's partial goes
+    straight back to its owner. Over the ring that is 3/4 of the bytes of whole blocks.
+
+    ``half_of(rows)`` gives this rank's byte rows for a slice of its tokens; ``compute(owner,
+    rows, arrays)`` the partial (arrays of ``part_fields``) of that owner's rows ``rows``
+    against this rank's keys. Returns [(rows, partial arrays)] for this rank's own tokens,
+    the own block's included.
+    """
+    comm, size, rank = call.comm, call.comm.Get_size(), call.comm.Get_rank()
+    total = sum(len(p) for p in pos)
+    low = [len(c) for c in np.array_split(np.arange(total), 2 * size)[:size]]
+    rows = [(slice(0, low[o]), slice(low[o], len(pos[o]))) for o in range(size)]  # (low, high) of each owner
+    width, part_width = _width(*fields), _width(*part_fields)
+    right, left = (rank + 1) % size, rank - 1
+    mine = rows[rank]
+    # partials of this rank's halves: the high one from every other rank, the low one from ranks below
+    results = [(mine[1], call.irecv(len(pos[rank]) - low[rank], part_width, (rank + s) % size, tag + 2))
+               for s in range(1, size)]
+    results += [(mine[0], call.irecv(low[rank], part_width, rank - s, tag + 3)) for s in range(1, rank + 1)]
+    got = []
+
+    def work(s, high, low_half):
+        """Compute the halves in hand after s steps (the own whole block at s = 0); send the
+        partials home."""
+        if s == 0:
+            whole = slice(0, len(pos[rank]))
+            got.append((whole, compute(rank, whole, call.unpack(half_of(whole), *fields))))
+            return
+        o = (rank - s) % size
+        call.isend(call.pack(*compute(o, rows[o][1], call.unpack(high, *fields))), o, tag + 2)
+        if low_half is not None:
+            o = rank + s
+            call.isend(call.pack(*compute(o, rows[o][0], call.unpack(low_half, *fields))), o, tag + 3)
+
+    high, low_half = half_of(mine[1]), half_of(mine[0])  # in hand after step s: owners r-s and r+s
+    for step in range(1, size + 1):  # post step's transfers, then compute what is in hand
+        requests, nxt_high, nxt_low = [], None, None
+        if step < size:
+            o_high, o_low = (rank - step) % size, rank + step
+            nxt_high, receive = call.irecv(len(pos[o_high]) - low[o_high], width, (rank - 1) % size, tag)
+            requests += [receive, call.isend(high, right, tag)]
+            if o_low < size:
+                nxt_low, receive = call.irecv(low[o_low], width, rank + 1, tag + 1)
+                requests.append(receive)
+            if left >= 0 and low_half is not None:
+                requests.append(call.isend(low_half, left, tag + 1))
+        work(step - 1, high, low_half if step > 1 else None)
+        _waitall(requests)
+        high, low_half = nxt_high, nxt_low
+    for where, (part, request) in results:
+        request.Wait()
+        got.append((where, call.unpack(part, *part_fields)))
+    return got
 
 
 def allgather_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigzag", stats=None):
@@ -614,7 +715,7 @@ VARIANTS = ("ring", "token_ring", "allgather", "ulysses")
 
 
 def traffic(variant: str, tokens, heads: int, kv_heads: int, dim: int, dtype=np.float32, gpu: bool = False,
-            backward: bool = False) -> np.ndarray:
+            backward: bool = False, causal: bool = False, layout: str = "zigzag") -> np.ndarray:
     """Bytes rank i sends rank j ([P, P]) in one forward (or backward) pass of ``variant``, as
     the implementation sends them; ``tokens`` are the ranks' tokens (S_r). The all-gather's
     collectives count as pairwise exchanges (the Reduce_scatter's partial sums too)."""
@@ -635,6 +736,17 @@ def traffic(variant: str, tokens, heads: int, kv_heads: int, dim: int, dtype=np.
         elif variant == "token_ring":
             visit = 3 * hd * item + heads * wire if backward else hd * item  # q (dout, out, lse)
             back = hd * wire if backward else hd * item + heads * wire  # dq partial (out, lse)
+            if causal and layout == "zigzag" and size > 1:  # halves: see _zigzag_token_ring
+                low = np.array([len(c) for c in np.array_split(np.arange(s.sum()), 2 * size)[:size]])
+                high = s - low
+                for step in range(size - 1):  # high halves right, every step
+                    t[r, right] += high[(r - step) % size] * visit
+                if r > 0:  # low halves left, owners r..P-1
+                    t[r, r - 1] += low[r:].sum() * visit
+                for step in range(1, size):  # partials: every owner's high half, the low halves of owners above
+                    o = (r - step) % size
+                    t[r, o] += high[o] * back + (low[o] * back if o > r else 0)
+                continue
             for step in range(size - 1):
                 t[r, right] += s[(r - step) % size] * visit
             for step in range(1, size):
@@ -668,7 +780,7 @@ class Choice:
 
 
 def choose_attention(total: int, heads: int, kv_heads: int, dim: int, ranks: int, dtype=np.float32,
-                     layout: str = "zigzag", gpu: bool = False, backward: bool = True) -> Choice:
+                     causal: bool = False, layout: str = "zigzag", gpu: bool = False, backward: bool = True) -> Choice:
     """The variant that puts the fewest bytes on the busiest link (each rank's own link to the
     others, full duplex: the most any rank sends or receives) for these shapes and ranks,
     forward plus (``backward=True``) backward. Ulysses takes part where its head split fits.
@@ -683,7 +795,8 @@ def choose_attention(total: int, heads: int, kv_heads: int, dim: int, ranks: int
     for variant in VARIANTS:
         if variant == "ulysses" and (heads % ranks or kv_heads % ranks and ranks % kv_heads):
             continue
-        t = sum(traffic(variant, tokens, heads, kv_heads, dim, dtype, gpu, b) for b in (False, True)[:1 + backward])
+        t = sum(traffic(variant, tokens, heads, kv_heads, dim, dtype, gpu, b, causal, layout)
+                for b in (False, True)[:1 + backward])
         busiest[variant] = int(max(t.sum(axis=1).max(), t.sum(axis=0).max()))
     name = min(busiest, key=lambda v: (busiest[v], VARIANTS.index(v)))
     table = {"ring": (ring_attention, ring_attention_backward),

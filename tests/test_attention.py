@@ -184,7 +184,7 @@ def test_bytes_sent_are_the_closed_form(comm, heads, dtype):
         out, lse = forward(*mine[:3], comm, True, stats=sent)
         backward(mine[3], *mine[:3], out, lse, comm, True, stats=sent_back)
         for stats, back in ((sent, False), (sent_back, True)):
-            want = at.traffic(name, tokens, h, hkv, dim, dtype, backward=back)
+            want = at.traffic(name, tokens, h, hkv, dim, dtype, backward=back, causal=True)
             assert stats["bytes_sent"] == want[comm.rank].sum(), (name, back)
     # by hand, for the forward: the block in hand is sent on at steps 0..P-2; TokenRing's
     # partials (out and lse) go back at steps 1..P-1
@@ -250,3 +250,16 @@ def test_gpu_mixed_kinds_raise_on_every_rank(comm):
     with pytest.raises(InvalidArgumentError, match="ranks disagree"):
         at.ring_attention(q.get() if comm.rank == 0 else q, k.get() if comm.rank == 0 else k,
                           v.get() if comm.rank == 0 else v, comm)
+
+
+def test_token_ring_halves_move_a_quarter_fewer_bytes_than_the_ring():
+    # causal MHA on the zigzag layout: high halves go round, low halves only to the ranks below
+    # their owner, so over all links TokenRing moves 3/4 of the K/V ring's bytes (plus lse)
+    for ranks in (2, 3, 4, 8):
+        total = 4096 * ranks
+        tokens = [len(at.positions("zigzag", r, ranks, total)) for r in range(ranks)]
+        ring = at.traffic("ring", tokens, 8, 8, 64, causal=True).sum()
+        token = at.traffic("token_ring", tokens, 8, 8, 64, causal=True).sum()
+        plain = at.traffic("token_ring", tokens, 8, 8, 64, causal=False).sum()
+        assert token / ring == pytest.approx(0.75 * (1 + 1 / 128), rel=1e-9), ranks  # lse: 1 float per 64 + 64
+        assert plain / ring == pytest.approx(1 + 1 / 128, rel=1e-9)
