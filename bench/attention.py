@@ -1,10 +1,20 @@
-"""attention: sequence-parallel attention forward, TokenRing against the K/V ring, 2 and 4 ranks.
+"""attention: sequence-parallel attention, one training step's attention (forward + backward), every variant.
 
-pyhpc: ``token_ring_attention`` (queries travel, partial out/lse come back to their
-owner). Baseline: ``ring_attention`` (K/V ring), the variant ring-flash-attention and
-most frameworks use. Both causal, zigzag layout, float32, the same inputs; outputs
-checked against each other once. A repetition is one forward pass (the slowest rank).
-Metrics: bytes each rank sent (the implementation's count) for each variant.
+pyhpc: ``token_ring_attention`` (queries travel, partials come back to their owner;
+causal zigzag sends each query block as two halves). Baselines, the same inputs in
+the same job: ``ring_attention`` (K/V ring, what ring-flash-attention and most
+frameworks use), ``allgather_attention`` and ``ulysses_attention`` (where its head
+split fits). Causal, zigzag layout; outputs checked against the ring once. A
+repetition is one forward and one backward pass (the slowest rank).
+
+Metrics on TokenRing's row, per variant: the bytes the busiest rank sent (counted
+by the implementation), the bytes on the busiest link (``attention.traffic``, the
+most any rank sends or receives), and a modelled time per step at link bandwidths
+of 3, 13, 50 and 450 GB/s: for the pipelined variants (ring, TokenRing) the
+measured time or the busiest link's transfer time, whichever is longer, plus one
+step's transfer that nothing hides; for all-gather and Ulysses, whose collectives
+come before (and after) the compute, the sum. The measured time includes this
+machine's shared-memory transfers.
 """
 
 from __future__ import annotations
@@ -12,16 +22,19 @@ from __future__ import annotations
 import numpy as np
 
 from .harness import Benchmark, Context, Measurement, interleave
+from .report import case_axis, save_figure
 
 HEAD_DIM = 64
+BANDWIDTHS_GBS = (3, 13, 50, 450)
+PIPELINED = ("ring", "token_ring")
 
 
 def run(ctx: Context, xp=np, dtype=np.float32, shapes=None) -> list[Measurement]:
     from mpi4py import MPI
 
     rows = []
-    reps = 5 if ctx.quick else 10
-    shapes = shapes or ([(2048, 8, 8)] if ctx.quick else [(4096, 8, 8), (4096, 8, 2)])
+    reps = 3 if ctx.quick else 7
+    shapes = shapes or ([(1024, 8, 8)] if ctx.quick else [(4096, 8, 8), (4096, 8, 2)])
     for size in [n for n in (2, 4) if n <= ctx.size]:
         for total, heads, kv_heads in shapes:
             ctx.progress(f"{size} ranks, S={total} H={heads} H_kv={kv_heads}")
@@ -37,36 +50,56 @@ def case(ctx: Context, total: int, heads: int, kv_heads: int, reps: int, xp=np,
          dtype=np.float32) -> list[Measurement]:
     from pyhpc import attention as at
 
-    pos = at.positions("zigzag", ctx.rank, ctx.size, total)
+    pos = [at.positions("zigzag", r, ctx.size, total) for r in range(ctx.size)]
     rng = np.random.default_rng(ctx.rank)
-    q, k, v = (xp.asarray(rng.standard_normal((pos.size, h, HEAD_DIM)).astype(dtype))
-               for h in (heads, kv_heads, kv_heads))
+    q, k, v, dout = (xp.asarray(rng.standard_normal((pos[ctx.rank].size, h, HEAD_DIM)).astype(dtype))
+                     for h in (heads, kv_heads, kv_heads, heads))
     sync = xp.cuda.Device().synchronize if xp is not np else (lambda: None)
+    variants = {"token_ring": (at.token_ring_attention, at.token_ring_attention_backward),
+                "ring": (at.ring_attention, at.ring_attention_backward),
+                "allgather": (at.allgather_attention, at.allgather_attention_backward),
+                "ulysses": (at.ulysses_attention, at.ulysses_attention_backward)}
+    if heads % ctx.size or kv_heads % ctx.size and ctx.size % kv_heads:
+        del variants["ulysses"]
 
-    def forward(variant, **kw):
-        out = variant(q, k, v, ctx.comm, causal=True, **kw)[0]
+    def step(name, sent=None):
+        forward, backward = variants[name]
+        out, lse = forward(q, k, v, ctx.comm, causal=True, stats=sent)
+        grads = backward(dout, q, k, v, out, lse, ctx.comm, causal=True, stats=sent)
         sync()  # the GPU's work counts
-        return out
+        return out, grads
 
-    sent = {"token_ring": {}, "ring": {}}
-    mine = forward(at.token_ring_attention, stats=sent["token_ring"])
-    theirs = forward(at.ring_attention, stats=sent["ring"])
-    host = [(x.get() if xp is not np else x).astype(np.float64) for x in (mine, theirs)]
-    tol = 1e-4 if np.dtype(dtype).itemsize >= 4 else 2e-2
-    if not np.allclose(host[0], host[1], rtol=tol, atol=tol):
-        raise RuntimeError(f"attention: TokenRing and ring outputs differ on rank {ctx.rank}")
-    seconds = interleave({
-        "pyhpc": lambda n: ctx.time_reps(lambda: forward(at.token_ring_attention), 0, n),
-        "baseline": lambda n: ctx.time_reps(lambda: forward(at.ring_attention), 0, n),
-    }, reps)
+    sent = {name: {} for name in variants}
+    results = {name: step(name, sent[name]) for name in variants}
+    tol = 1e-3 if np.dtype(dtype).itemsize >= 4 else 3e-2
+    for name, (out, grads) in results.items():
+        for got, want in zip((out, *grads), (results["ring"][0], *results["ring"][1])):
+            got, want = ((x.get() if xp is not np else x).astype(np.float64) for x in (got, want))
+            if not np.allclose(got, want, rtol=tol, atol=tol * np.abs(want).max()):
+                raise RuntimeError(f"attention: {name} and ring differ on rank {ctx.rank}")
+    seconds = interleave({name: (lambda n, name=name: ctx.time_reps(lambda: step(name), 0, n))
+                          for name in variants}, reps)
+    tokens = [len(p) for p in pos]
+    metrics = {}
+    for name in variants:
+        t = sum(at.traffic(name, tokens, heads, kv_heads, HEAD_DIM, dtype, gpu=xp is not np, backward=b,
+                           causal=True) for b in (False, True))
+        busiest = int(max(t.sum(axis=0).max(), t.sum(axis=1).max()))
+        metrics[f"bytes_sent_max_rank_{name}"] = ctx.comm.allreduce(sent[name]["bytes_sent"], op=_max())
+        metrics[f"bytes_busiest_link_{name}"] = busiest
+        measured = float(np.median(seconds[name]))
+        for bw in BANDWIDTHS_GBS:
+            wire = busiest / (bw * 1e9)
+            modelled = (max(measured, wire) + wire / max(ctx.size - 1, 1) if name in PIPELINED
+                        else measured + wire)
+            metrics[f"modelled_ms_{name}_{bw}GBs"] = modelled * 1e3
+    metrics["bytes_ratio_token_ring_over_ring"] = metrics["bytes_sent_max_rank_token_ring"] / \
+        metrics["bytes_sent_max_rank_ring"]
     label = f"{ctx.size} ranks S={total} H={heads}/{kv_heads}"
-    bytes_sent = {name: ctx.comm.allreduce(s["bytes_sent"], op=_max()) for name, s in sent.items()}
-    metrics = {"max_bytes_sent_per_rank_token_ring": bytes_sent["token_ring"],
-               "max_bytes_sent_per_rank_ring": bytes_sent["ring"],
-               "bytes_ratio_token_ring_over_ring": bytes_sent["token_ring"] / bytes_sent["ring"]}
-    return [Measurement(label, "TokenRing forward (Q travels, out/lse return)", "pyhpc", seconds["pyhpc"],
-                        x=ctx.size, metrics=metrics),
-            Measurement(label, "ring attention forward (K/V ring)", "baseline", seconds["baseline"], x=ctx.size)]
+    names = {"token_ring": "TokenRing (Q travels, partials return)", "ring": "ring attention (K/V ring)",
+             "allgather": "all-gather attention", "ulysses": "Ulysses (all-to-all over heads)"}
+    return [Measurement(label, names[name], "pyhpc" if name == "token_ring" else "baseline", seconds[name],
+                        x=ctx.size, metrics=metrics if name == "token_ring" else None) for name in variants]
 
 
 def _max():
@@ -75,11 +108,45 @@ def _max():
     return MPI.MAX
 
 
+def plot(result, path) -> None:
+    """Left: each variant's measured time per case. Right: the modelled time per step of the
+    last case against link bandwidth, per variant."""
+    from matplotlib.figure import Figure
+
+    cases = list(dict.fromkeys(m.case for m in result.measurements))
+    impls = list(dict.fromkeys(m.impl for m in result.measurements))
+    by = {(m.case, m.impl): m for m in result.measurements}
+    fig = Figure(figsize=(12, 4.8))
+    left, right = fig.subplots(1, 2)
+    xs = np.arange(len(cases))
+    width = 0.8 / len(impls)
+    for j, impl in enumerate(impls):
+        med = [np.median(by[(c, impl)].seconds) * 1e3 if (c, impl) in by else np.nan for c in cases]
+        left.bar(xs + (j - (len(impls) - 1) / 2) * width, med, width=width, label=impl)
+    case_axis(left, cases, "forward + backward (ms), median; the slowest rank", fontsize="x-small")
+    last = [m for m in result.measurements if m.case == cases[-1] and m.metrics]
+    if last:
+        metrics = last[0].metrics
+        for name in ("token_ring", "ring", "allgather", "ulysses"):
+            ys = [metrics.get(f"modelled_ms_{name}_{bw}GBs") for bw in BANDWIDTHS_GBS]
+            if None not in ys:
+                right.plot(BANDWIDTHS_GBS, ys, marker="o", label=name)
+        right.set_xscale("log")
+        right.set_yscale("log")
+        right.set_xlabel("link bandwidth (GB/s)")
+        right.set_ylabel("modelled time per step (ms)")
+        right.set_title(f"modelled: {cases[-1]}", fontsize="small")
+        right.grid(True, which="both", alpha=0.3)
+        right.legend(fontsize="small")
+    save_figure(fig, result, path)
+
+
 BENCHMARK = Benchmark(
     name="attention",
     ranks=4,
-    description=f"causal sequence-parallel attention forward (zigzag, float32, head dim {HEAD_DIM}) on 2 and "
-                "4 ranks: TokenRing vs the K/V ring",
+    description=f"causal sequence-parallel attention, forward + backward (zigzag, float32, head dim {HEAD_DIM}) "
+                "on 2 and 4 ranks: TokenRing vs the K/V ring, all-gather and Ulysses; modelled link times",
     run=run,
     x_label="ranks",
+    plot=plot,
 )

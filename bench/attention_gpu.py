@@ -1,4 +1,4 @@
-"""attention_gpu: attention on the GPU (cupy, float16), TokenRing vs the K/V ring, 2 ranks on one GPU.
+"""attention_gpu: attention on the GPU (cupy, float16), forward + backward, every variant, 2 ranks on one GPU.
 
 The same comparison and checks as ``attention``, with cupy arrays: each block's
 matmuls run through cuBLAS in float32 (inputs cast from float16), and every message
@@ -28,9 +28,10 @@ def run(ctx: Context) -> list[Measurement]:
 BENCHMARK = Benchmark(
     name="attention_gpu",
     ranks=2,
-    description=f"causal attention forward on the GPU (cupy, float16, head dim {attention.HEAD_DIM}), 2 ranks "
-                "on one GPU: TokenRing vs the K/V ring",
+    description=f"causal attention forward + backward on the GPU (cupy, float16, head dim {attention.HEAD_DIM}), "
+                "2 ranks on one GPU: TokenRing vs the K/V ring, all-gather and Ulysses",
     run=run,
     x_label="ranks",
     needs_gpu=True,
+    plot=attention.plot,
 )

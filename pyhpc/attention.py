@@ -285,37 +285,39 @@ def _waitall(requests) -> None:
     MPI.Request.Waitall(list(requests))
 
 
-def _visible(causal, q_pos, k_pos) -> int:
-    """How many of the keys (ascending positions, as both layouts hold them) any query sees:
-    with a causal mask, a prefix."""
+def _visible(causal, q_pos, k_pos) -> tuple[int, int]:
+    """(first query, key count): with a causal mask the queries that see any key are a suffix
+    and the keys any query sees a prefix (both layouts hold positions in ascending order)."""
+    if not (len(q_pos) and len(k_pos)):
+        return len(q_pos), 0
     if not causal:
-        return len(k_pos) if len(q_pos) else 0
-    return int(np.searchsorted(k_pos, q_pos.max(), side="right")) if len(q_pos) else 0
+        return 0, len(k_pos)
+    return int(np.searchsorted(q_pos, k_pos[0], side="left")), int(np.searchsorted(k_pos, q_pos[-1], side="right"))
 
 
 def _attend(call, q, k, v, scale, q_pos, k_pos, causal):
-    """(out, lse) of queries q over the keys they can see (K cut to its visible prefix)."""
-    xp, acc, n = call.xp, call.acc, _visible(causal, q_pos, k_pos)
-    if n == 0:
-        return xp.zeros(q.shape, acc), xp.full((q.shape[1], q.shape[0]), -np.inf, acc)
-    return _block_forward(xp, acc, q, k[:n], v[:n], scale, call.on_device(q_pos), call.on_device(k_pos[:n]), causal)
+    """(out, lse) of queries q over keys k, computing only the queries that see a key and the
+    keys a query sees."""
+    xp, acc = call.xp, call.acc
+    first, n = _visible(causal, q_pos, k_pos)
+    out, lse = xp.zeros(q.shape, acc), xp.full((q.shape[1], q.shape[0]), -np.inf, acc)
+    if first < len(q_pos) and n:
+        out[first:], lse[:, first:] = _block_forward(xp, acc, q[first:], k[:n], v[:n], scale,
+                                                     call.on_device(q_pos[first:]), call.on_device(k_pos[:n]), causal)
+    return out, lse
 
 
 def _attend_backward(call, q, k, v, out, lse, dout, scale, q_pos, k_pos, causal):
-    """(dq, dk, dv) of one block (accumulation dtype), K cut to its visible prefix; dk and dv
-    have all of k's rows."""
-    xp, acc, n = call.xp, call.acc, _visible(causal, q_pos, k_pos)
-    dk, dv = xp.zeros(k.shape, acc), xp.zeros(v.shape, acc)
-    if n == 0:
-        return xp.zeros(q.shape, acc), dk, dv
-    dq, dk[:n], dv[:n] = _block_backward(xp, q, k[:n], v[:n], out, lse, dout, scale, call.on_device(q_pos),
-                                         call.on_device(k_pos[:n]), causal)
+    """(dq, dk, dv) of one block (accumulation dtype), over the same visible part as
+    :func:`_attend`; the gradients have all of q's and k's rows."""
+    xp, acc = call.xp, call.acc
+    first, n = _visible(causal, q_pos, k_pos)
+    dq, dk, dv = xp.zeros(q.shape, acc), xp.zeros(k.shape, acc), xp.zeros(v.shape, acc)
+    if first < len(q_pos) and n:
+        dq[first:], dk[:n], dv[:n] = _block_backward(xp, q[first:], k[:n], v[:n], out[first:], lse[:, first:],
+                                                     dout[first:], scale, call.on_device(q_pos[first:]),
+                                                     call.on_device(k_pos[:n]), causal)
     return dq, dk, dv
-
-
-def _sees(causal, q_pos, k_pos) -> bool:
-    """Whether any query of q_pos sees any key of k_pos."""
-    return not causal or q_pos.size > 0 and k_pos.size > 0 and q_pos.max() >= k_pos.min()
 
 
 def ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigzag", stats=None):
@@ -336,9 +338,8 @@ def ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigz
         if step < size - 1:  # the next block is in flight while this one computes
             nxt, receive = call.irecv(len(pos[(owner - 1) % size]), _width(*kv_fields), (rank - 1) % size, _TAG)
             requests = [receive, call.isend(call.pack(k, v) if block is None else block, (rank + 1) % size, _TAG)]
-        if _sees(causal, pos[rank], pos[owner]):
-            block_out, block_lse = _attend(call, q, kb, vb, scale, pos[rank], pos[owner], causal)
-            out, lse = _merge(xp, out, lse, block_out, block_lse)
+        block_out, block_lse = _attend(call, q, kb, vb, scale, pos[rank], pos[owner], causal)
+        out, lse = _merge(xp, out, lse, block_out, block_lse)
         _waitall(requests)
         if step < size - 1:
             block = nxt
@@ -363,12 +364,11 @@ def ring_attention_backward(dout, q, k, v, out, lse, comm, causal=False, softmax
     kb, vb, dkb, dvb = k, v, xp.zeros(k.shape, dtype=acc), xp.zeros(k.shape, dtype=acc)
     for step in range(size):
         owner = (rank - step) % size
-        if _sees(causal, pos[rank], pos[owner]):
-            dq_b, dk_b, dv_b = _attend_backward(call, qa, kb.astype(acc), vb.astype(acc), outa, lsea, douta, scale,
-                                                pos[rank], pos[owner], causal)
-            dq += dq_b
-            dkb += dk_b
-            dvb += dv_b
+        dq_b, dk_b, dv_b = _attend_backward(call, qa, kb.astype(acc), vb.astype(acc), outa, lsea, douta, scale,
+                                            pos[rank], pos[owner], causal)
+        dq += dq_b
+        dkb += dk_b
+        dvb += dv_b
         # pass the block (with its gradients) on; after P passes it is home again
         nxt, receive = call.irecv(len(pos[(owner - 1) % size]), _width(*fields), (rank - 1) % size, _TAG + 1)
         _waitall([receive, call.isend(call.pack(kb, vb, dkb, dvb), (rank + 1) % size, _TAG + 1)])
