@@ -263,3 +263,28 @@ def test_token_ring_halves_move_a_quarter_fewer_bytes_than_the_ring():
         plain = at.traffic("token_ring", tokens, 8, 8, 64, causal=False).sum()
         assert token / ring == pytest.approx(0.75 * (1 + 1 / 128), rel=1e-9), ranks  # lse: 1 float per 64 + 64
         assert plain / ring == pytest.approx(1 + 1 / 128, rel=1e-9)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("variant", at.VARIANTS)
+def test_training_a_layer_matches_the_single_process_run(comm, variant):
+    from pyhpc.attention.__main__ import train
+
+    heads = 4 if variant != "ulysses" or 4 % comm.size == 0 else comm.size  # Ulysses splits heads over ranks
+    _, history = train(comm, steps=3, total=16 * comm.size + 3, heads=heads, kv_heads=heads // 2 if heads % 2 == 0
+                       else heads, variant=variant)
+    for loss, want, worst in history:
+        assert loss == pytest.approx(want, rel=1e-5) and worst < 1e-4, history
+    assert history[-1][0] < history[0][0]  # it learns
+
+
+def test_the_training_example_runs_on_two_ranks():
+    import re
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "pyhpc", "run", "-n", "2", "--timeout", "100", "python", "-m",
+                           "pyhpc.attention", "--steps", "2", "--seq", "64", "--variant", "token_ring"],
+                          capture_output=True, text=True, timeout=110, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert float(re.search(r"max gradient error against the single-process run: (\S+)", done.stdout).group(1)) < 1e-4
