@@ -47,6 +47,9 @@ REGISTRY: dict[str, Setting] = {
         Setting("PYHPC_SKIP_MPI_CHECK", _bool, False,
                 "skip the import-time check that the loaded libmpi is the one pyhpc was built "
                 "against (for ABI-compatible MPIs the check does not know)"),
+        Setting("PYHPC_ATTENTION_PROGRESS", _bool, True,
+                "sequence-parallel attention polls its transfers from a helper thread while a "
+                "block computes (an MPI progresses them only inside MPI calls); 0: no thread"),
         Setting("PYHPC_INTERPOSE", _bool, True,
                 "0: the interposer passes every call straight to the system MPI", "interposer"),
         Setting("PYHPC_INTERPOSE_LOG", _bool, False,

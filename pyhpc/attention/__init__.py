@@ -40,7 +40,11 @@ written yet: the Ulysses variant, ``choose_attention`` and the overlap measureme
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +59,7 @@ __all__ = ["LAYOUTS", "VARIANTS", "Choice", "allgather_attention", "allgather_at
            "ulysses_attention_backward"]
 
 LAYOUTS = ("contiguous", "zigzag")
+_POLL_S = 1e-3  # how often the progress thread polls: enough to finish MB-sized blocks during a block
 _TAG = 0x7A77
 
 
@@ -230,6 +235,7 @@ class _Call:
         self.acc = np.dtype(np.float32 if self.gpu and q.dtype != np.float64 else np.float64)
         self.wire = np.dtype(np.float32) if q.dtype.itemsize < 4 else q.dtype
         self.sends: list[tuple[np.ndarray, Any]] = []
+        self.inflight: list[Any] = []  # every request not yet known complete
 
     def on_device(self, x):
         return self.xp.asarray(x) if self.gpu else x
@@ -254,6 +260,7 @@ class _Call:
         host = np.ascontiguousarray(_host(rows))
         request = self.comm.Isend([host, _byte()], dest, tag)
         self.sends.append((host, request))
+        self.inflight.append(request)
         if count and self.stats is not None:
             self.stats["bytes_sent"] = self.stats.get("bytes_sent", 0) + host.nbytes
             self.stats["messages"] = self.stats.get("messages", 0) + 1
@@ -261,11 +268,70 @@ class _Call:
 
     def irecv(self, tokens: int, width: int, source: int, tag: int):
         host = np.empty((tokens, width), dtype=np.uint8)
-        return host, self.comm.Irecv([host, _byte()], source, tag)
+        request = self.comm.Irecv([host, _byte()], source, tag)
+        self.inflight.append(request)
+        return host, request
+
+    @contextlib.contextmanager
+    def computing(self):
+        """Around a block's compute: a helper thread polls every transfer in flight (an MPI
+        progresses nonblocking transfers only inside MPI calls, and numpy makes none), unless
+        PYHPC_ATTENTION_PROGRESS=0 or the MPI is not thread-multiple."""
+        start = time.perf_counter()
+        stop, thread = threading.Event(), None
+        if _progress_thread() and self.inflight:
+            def poll(requests=list(self.inflight)):
+                from mpi4py import MPI
+
+                while not stop.wait(_POLL_S) and not MPI.Request.Testall(requests):
+                    pass
+
+            thread = threading.Thread(target=poll, name="pyhpc-attention-progress", daemon=True)
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if thread is not None:
+                thread.join()
+            self._add("compute_seconds", time.perf_counter() - start)
+
+    def wait(self, requests) -> None:
+        """Wait for a step's transfers; stats: how many were done when the compute ended, and
+        how long the rest took."""
+        from mpi4py import MPI
+
+        requests = list(requests)
+        if not requests:
+            return
+        self._add("transfers", len(requests))
+        self._add("transfers_done_by_compute_end", sum(bool(r.Test()) for r in requests))
+        start = time.perf_counter()
+        MPI.Request.Waitall(requests)
+        self._add("wait_seconds", time.perf_counter() - start)
+        self.inflight = [r for r in self.inflight if r]  # completed requests are MPI_REQUEST_NULL (falsy)
+
+    def _add(self, key: str, value) -> None:
+        if self.stats is not None:
+            self.stats[key] = self.stats.get(key, 0) + value
 
     def finish(self) -> None:
         _waitall([r for _, r in self.sends])
         self.sends.clear()
+        self.inflight.clear()
+
+
+@functools.lru_cache(maxsize=None)
+def _thread_multiple() -> bool:
+    from mpi4py import MPI
+
+    return MPI.Query_thread() == MPI.THREAD_MULTIPLE
+
+
+def _progress_thread() -> bool:
+    from pyhpc import settings
+
+    return bool(settings.get("PYHPC_ATTENTION_PROGRESS")) and _thread_multiple()
 
 
 def _host(x) -> np.ndarray:
@@ -338,9 +404,10 @@ def ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigz
         if step < size - 1:  # the next block is in flight while this one computes
             nxt, receive = call.irecv(len(pos[(owner - 1) % size]), _width(*kv_fields), (rank - 1) % size, _TAG)
             requests = [receive, call.isend(call.pack(k, v) if block is None else block, (rank + 1) % size, _TAG)]
-        block_out, block_lse = _attend(call, q, kb, vb, scale, pos[rank], pos[owner], causal)
-        out, lse = _merge(xp, out, lse, block_out, block_lse)
-        _waitall(requests)
+        with call.computing():
+            block_out, block_lse = _attend(call, q, kb, vb, scale, pos[rank], pos[owner], causal)
+            out, lse = _merge(xp, out, lse, block_out, block_lse)
+        call.wait(requests)
         if step < size - 1:
             block = nxt
             kb, vb = call.unpack(nxt, *kv_fields)
@@ -359,20 +426,33 @@ def ring_attention_backward(dout, q, k, v, out, lse, comm, causal=False, softmax
     xp, acc, scale = call.xp, call.acc, softmax_scale or 1.0 / math.sqrt(q.shape[2])
     qa, outa, douta, lsea = q.astype(acc), out.astype(acc), dout.astype(acc), lse.astype(acc)
     dq = xp.zeros(q.shape, dtype=acc)
-    # one travelling message: k, v (in their dtype) and dk, dv (accumulators) of one rank's block
-    fields = [(q.dtype, k.shape[1:])] * 2 + [(acc, k.shape[1:])] * 2
-    kb, vb, dkb, dvb = k, v, xp.zeros(k.shape, dtype=acc), xp.zeros(k.shape, dtype=acc)
+    # k, v travel ahead of the compute (the next block is in flight while this one computes);
+    # each block's dk, dv accumulators travel behind it, one step later, and come home after P
+    kv_fields, acc_fields = [(q.dtype, k.shape[1:])] * 2, [(acc, k.shape[1:])] * 2
+    kb, vb = k, v
+    block, incoming = None, None  # the block in hand as byte rows (None: our own); its accumulators
     for step in range(size):
         owner = (rank - step) % size
-        dq_b, dk_b, dv_b = _attend_backward(call, qa, kb.astype(acc), vb.astype(acc), outa, lsea, douta, scale,
-                                            pos[rank], pos[owner], causal)
-        dq += dq_b
-        dkb += dk_b
-        dvb += dv_b
-        # pass the block (with its gradients) on; after P passes it is home again
-        nxt, receive = call.irecv(len(pos[(owner - 1) % size]), _width(*fields), (rank - 1) % size, _TAG + 1)
-        _waitall([receive, call.isend(call.pack(kb, vb, dkb, dvb), (rank + 1) % size, _TAG + 1)])
-        kb, vb, dkb, dvb = call.unpack(nxt, *fields)
+        requests = []
+        if step < size - 1:
+            nxt, receive = call.irecv(len(pos[(owner - 1) % size]), _width(*kv_fields), (rank - 1) % size, _TAG)
+            requests = [receive, call.isend(call.pack(k, v) if block is None else block, (rank + 1) % size, _TAG)]
+        with call.computing():
+            dq_b, dk_b, dv_b = _attend_backward(call, qa, kb.astype(acc), vb.astype(acc), outa, lsea, douta, scale,
+                                                pos[rank], pos[owner], causal)
+            dq += dq_b
+        if incoming is not None:  # this block's accumulators, from the rank that had it before
+            call.wait([incoming[1]])
+            got_k, got_v = call.unpack(incoming[0], *acc_fields)
+            dk_b, dv_b = dk_b + got_k, dv_b + got_v
+        call.isend(call.pack(dk_b, dv_b), (rank + 1) % size, _TAG + 1)
+        incoming = call.irecv(len(pos[(owner - 1) % size]), _width(*acc_fields), (rank - 1) % size, _TAG + 1)
+        call.wait(requests)
+        if step < size - 1:
+            block = nxt
+            kb, vb = call.unpack(nxt, *kv_fields)
+    call.wait([incoming[1]])  # this rank's own block, home after P steps
+    dkb, dvb = call.unpack(incoming[0], *acc_fields)
     call.finish()
     return dq.astype(q.dtype), dkb.astype(k.dtype), dvb.astype(v.dtype)
 
@@ -412,12 +492,13 @@ def token_ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout
             requests = [receive, call.isend(call.pack(q) if block is None else block, (rank + 1) % size, _TAG + 2)]
         if step > 0:  # the partial for this rank's queries computed at this step comes from rank + step
             results.append(call.irecv(len(pos[rank]), _width(*part_fields), (rank + step) % size, _TAG + 3))
-        block_out, block_lse = _attend(call, visiting, k, v, scale, pos[owner], pos[rank], causal)
-        if step == 0:
-            out, lse = _merge(xp, out, lse, block_out, block_lse)
-        else:
-            call.isend(call.pack(block_out.astype(q.dtype), block_lse.T.astype(call.wire)), owner, _TAG + 3)
-        _waitall(requests)
+        with call.computing():
+            block_out, block_lse = _attend(call, visiting, k, v, scale, pos[owner], pos[rank], causal)
+            if step == 0:
+                out, lse = _merge(xp, out, lse, block_out, block_lse)
+            else:
+                call.isend(call.pack(block_out.astype(q.dtype), block_lse.T.astype(call.wire)), owner, _TAG + 3)
+        call.wait(requests)
         if step < size - 1:
             block = nxt
             (visiting,) = call.unpack(nxt, *q_fields)
@@ -470,16 +551,17 @@ def token_ring_attention_backward(dout, q, k, v, out, lse, comm, causal=False, s
             requests = [receive, call.isend(block, (rank + 1) % size, _TAG + 4)]
         if step > 0:  # the dQ partial for this rank's queries computed at rank + step
             results.append(call.irecv(len(pos[rank]), _width(*dq_fields), (rank + step) % size, _TAG + 5))
-        vq, vdout, vout, vlse = (x.astype(acc) for x in call.unpack(block, *fields))
-        dq_b, dk_b, dv_b = _attend_backward(call, vq, ka, va, vout, vlse.T, vdout, scale, pos[owner], pos[rank],
-                                            causal)
-        dk += dk_b
-        dv += dv_b
-        if step == 0:
-            dq += dq_b
-        else:
-            call.isend(call.pack(dq_b.astype(call.wire)), owner, _TAG + 5)
-        _waitall(requests)
+        with call.computing():
+            vq, vdout, vout, vlse = (x.astype(acc) for x in call.unpack(block, *fields))
+            dq_b, dk_b, dv_b = _attend_backward(call, vq, ka, va, vout, vlse.T, vdout, scale, pos[owner],
+                                                pos[rank], causal)
+            dk += dk_b
+            dv += dv_b
+            if step == 0:
+                dq += dq_b
+            else:
+                call.isend(call.pack(dq_b.astype(call.wire)), owner, _TAG + 5)
+        call.wait(requests)
         if step < size - 1:
             block = nxt
     for part, request in results:
@@ -540,8 +622,9 @@ def _zigzag_token_ring(call, pos, fields, half_of, compute, part_fields, tag):
                 requests.append(receive)
             if left >= 0 and low_half is not None:
                 requests.append(call.isend(low_half, left, tag + 1))
-        work(step - 1, high, low_half if step > 1 else None)
-        _waitall(requests)
+        with call.computing():
+            work(step - 1, high, low_half if step > 1 else None)
+        call.wait(requests)
         high, low_half = nxt_high, nxt_low
     for where, (part, request) in results:
         request.Wait()
@@ -730,9 +813,10 @@ def traffic(variant: str, tokens, heads: int, kv_heads: int, dim: int, dtype=np.
     for r in range(size):
         right = (r + 1) % size
         if variant == "ring":
-            per = 2 * kvd * item + (2 * kvd * acc if backward else 0)  # k, v (and dk, dv) per token
-            for step in range(size if backward else size - 1):  # the backward's last pass takes it home
-                t[r, right] += s[(r - step) % size] * per
+            for step in range(size - 1):  # k, v of the block in hand, on to the next rank
+                t[r, right] += s[(r - step) % size] * 2 * kvd * item
+            for step in range(size if backward else 0):  # dk, dv behind it; the last pass takes them home
+                t[r, right] += s[(r - step) % size] * 2 * kvd * acc
         elif variant == "token_ring":
             visit = 3 * hd * item + heads * wire if backward else hd * item  # q (dout, out, lse)
             back = hd * wire if backward else hd * item + heads * wire  # dq partial (out, lse)
