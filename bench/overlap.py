@@ -66,7 +66,7 @@ def run(ctx: Context) -> list[Measurement]:
 
 
 def compare(ctx: Context, label: str, call, reps: int, t_gemm: float, flops: float, limit: str,
-            chunks: int) -> list[Measurement]:
+            chunks: int, impl: str = "T3 overlap (tile tracker, ring, polling)") -> list[Measurement]:
     seconds = interleave({method: (lambda n, method=method: ctx.time_reps(lambda: call(method), 1, n))
                           for method in ("overlap", "sequential", "chunked")}, reps)
     t = {k: float(np.median(v)) for k, v in seconds.items()}
@@ -75,7 +75,7 @@ def compare(ctx: Context, label: str, call, reps: int, t_gemm: float, flops: flo
                "speedup_over_sequential": t["sequential"] / t["overlap"], "t_gemm_ms": t_gemm * 1e3,
                "t_comm_ms": t_comm * 1e3, "chunks": chunks}
     x = max(t_comm / t_gemm, 1e-3)
-    return [Measurement(label, "T3 overlap (tile tracker, ring, polling)", "pyhpc", seconds["overlap"], x=x,
+    return [Measurement(label, impl, "pyhpc", seconds["overlap"], x=x,
                         flops_per_rep=flops, limit=limit, metrics=metrics),
             Measurement(label, "sequential: GEMM, then the collective", "baseline", seconds["sequential"], x=x,
                         flops_per_rep=flops, limit=limit),

@@ -65,7 +65,7 @@ def test_out_is_used_and_checked():
     (lambda a, b: ov.gemm_reduce_scatter(a[0], b, MPI.COMM_SELF), "a: must be 2-D"),
     (lambda a, b: ov.gemm_reduce_scatter(a, b, MPI.COMM_SELF, chunks=0), "chunks: must be None or an integer"),
     (lambda a, b: ov.gemm_reduce_scatter(a, b, MPI.COMM_SELF, method="fused"), "method: 'fused' is not one of"),
-    (lambda a, b: ov.all_gather_gemm(a.tolist(), b, MPI.COMM_SELF), "a_shard: must be a numpy array"),
+    (lambda a, b: ov.all_gather_gemm(a.tolist(), b, MPI.COMM_SELF), "a_shard: must be a numpy or cupy array"),
 ])
 def test_bad_arguments_name_themselves(call, match):
     a, b, _ = operands(4, 2, 3, 1, np.float32)
@@ -122,3 +122,106 @@ def test_bad_input_on_one_rank_raises_on_every_rank(comm):
         ov.all_gather_gemm(a, b[1:] if comm.rank == 0 else b, comm)
     got = ov.gemm_all_reduce(mine_a, mine_b, comm)  # still usable afterwards
     assert got.shape == (8, 4)
+
+
+# ---- GPU (cupy) -------------------------------------------------------------------------------------
+
+def gpu_dtype(name):
+    """(cupy, the numpy dtype, the tolerance) for a GPU test; bfloat16 is ml_dtypes' (CuPy 14).
+    float16/bfloat16: each rank's product is rounded to the dtype once, the sum over ranks
+    kept in float32, the result rounded once: a few units of the 16-bit roundoff."""
+    from pyhpc import cuda
+
+    cp = cuda.cupy()
+    if cp is None:
+        pytest.skip("cupy is not installed")
+    if name == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+        try:
+            cp.zeros((2, 2), dtype=dtype) @ cp.zeros((2, 2), dtype=dtype)
+        except Exception as exc:  # noqa: BLE001 - an older cupy without bfloat16
+            pytest.skip(f"cupy has no bfloat16: {exc}")
+    else:
+        dtype = np.dtype(name).type
+    return cp, dtype, (1e-5 if name == "float32" else 2.5e-2)
+
+
+def check_all_gpu(cp, comm, m, n, k, dtype, method, chunks, link, tol):
+    """As check_all, with cupy operands: the results are cupy arrays of the input dtype."""
+    size, rank = comm.Get_size(), comm.Get_rank()
+    a, b, want = operands(m, n, k, size, dtype)
+    mine_a, mine_b = cp.asarray(a[:, rank * k:(rank + 1) * k]), cp.asarray(b[rank * k:(rank + 1) * k])
+    rows = np.array_split(np.arange(m), size)[rank]
+    errors = {}
+    got = ov.gemm_reduce_scatter(mine_a, mine_b, comm, chunks=chunks, method=method, link=link)
+    assert isinstance(got, cp.ndarray) and got.shape == (rows.size, n) and got.dtype == dtype
+    errors["reduce-scatter"] = relative_error(got.get().astype(np.float64), want[rows])
+    out = cp.full((rows.size, n), 7, dtype=dtype)
+    assert ov.gemm_reduce_scatter(mine_a, mine_b, comm, chunks=chunks, method=method, link=link, out=out) is out
+    errors["reduce-scatter into out"] = relative_error(out.get().astype(np.float64), want[rows])
+    full = ov.gemm_all_reduce(mine_a, mine_b, comm, chunks=chunks, method=method, link=link)
+    assert isinstance(full, cp.ndarray) and full.shape == (m, n) and full.dtype == dtype
+    errors["all-reduce"] = relative_error(full.get().astype(np.float64), want)
+    shard = cp.asarray(np.array_split(a, size)[rank])
+    got = ov.all_gather_gemm(shard, cp.asarray(b), comm, chunks=chunks, method=method, link=link)
+    assert isinstance(got, cp.ndarray) and got.shape == (m, n) and got.dtype == dtype
+    errors["all-gather"] = relative_error(got.get().astype(np.float64), want)
+    worst = comm.allreduce(max(errors.values()), op=MPI.MAX)
+    assert worst < tol, (method, chunks, link, errors)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("method", ov.METHODS)
+def test_gpu_one_rank_is_the_gemm(name, method):
+    cp, dtype, tol = gpu_dtype(name)
+    check_all_gpu(cp, MPI.COMM_SELF, 37, 13, 8, dtype, method, 3, None, tol)
+
+
+@pytest.mark.gpu
+def test_gpu_bad_arguments_name_themselves():
+    cp, _, _ = gpu_dtype("float32")
+    a, b = cp.ones((4, 3), cp.float32), cp.ones((3, 2), cp.float32)
+    with pytest.raises(InvalidArgumentError, match="b: is a numpy array and a a cupy one"):
+        ov.gemm_reduce_scatter(a, b.get(), MPI.COMM_SELF)
+    with pytest.raises(InvalidArgumentError, match="a: dtype must be float16, bfloat16 or float32 for cupy"):
+        ov.gemm_reduce_scatter(a.astype(cp.float64), b.astype(cp.float64), MPI.COMM_SELF)
+    with pytest.raises(InvalidArgumentError, match="out: must be a C-contiguous float32 array"):
+        ov.gemm_reduce_scatter(a, b, MPI.COMM_SELF, out=np.empty((4, 2), np.float32))
+    with pytest.raises(InvalidArgumentError, match="out: must be a C-contiguous float32 array"):
+        ov.gemm_reduce_scatter(a.get(), b.get(), MPI.COMM_SELF, out=cp.empty((4, 2), cp.float32))
+
+
+@pytest.mark.gpu
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("name", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("method", ov.METHODS)
+def test_gpu_every_method_matches_numpy(comm, name, method):
+    cp, dtype, tol = gpu_dtype(name)
+    # M = 37 divides neither by ranks x chunks nor by ranks; M = 3 leaves a rank without rows;
+    # chunks=None lets choose_chunks time the GPU (a collective: every rank gets the same answer)
+    for m, n, k, chunks in ((37, 13, 8, 3), (3, 5, 4, 2), (256, 96, 64, None)):
+        check_all_gpu(cp, comm, m, n, k, dtype, method, chunks, None, tol)
+    check_all_gpu(cp, comm, 45, 24, 16, dtype, method, 4, LINK, tol)  # the modelled link, on the GPU too
+
+
+@pytest.mark.gpu
+@pytest.mark.mpi(min_size=2)
+def test_gpu_mixed_kinds_raise_on_every_rank(comm):
+    cp, _, _ = gpu_dtype("float32")
+    a, b, _ = operands(8, 4, 2, comm.size, np.float32)
+    mine_a, mine_b = cp.asarray(a[:, :2]), cp.asarray(b[:2])
+    with pytest.raises(InvalidArgumentError, match="rank 1: gemm_reduce_scatter: b: is a numpy array"):
+        ov.gemm_reduce_scatter(mine_a, mine_b.get() if comm.rank == 1 else mine_b, comm)
+    with pytest.raises(InvalidArgumentError, match="ranks disagree"):  # numpy on rank 0, cupy elsewhere
+        ov.all_gather_gemm(mine_a.get() if comm.rank == 0 else mine_a, mine_b.get() if comm.rank == 0 else mine_b,
+                           comm)
+    with pytest.raises(InvalidArgumentError, match="rank 0: gemm_all_reduce|rank 0: gemm_reduce_scatter: a: dtype"):
+        ov.gemm_all_reduce(mine_a.astype(cp.float64) if comm.rank == 0 else mine_a,
+                           mine_b.astype(cp.float64) if comm.rank == 0 else mine_b, comm)
+    rows = len(np.array_split(np.arange(8), comm.size)[comm.rank])
+    with pytest.raises(InvalidArgumentError, match="out: must be a C-contiguous float32 array"):
+        ov.gemm_reduce_scatter(mine_a, mine_b, comm, out=np.empty((rows, 4), np.float32) if comm.rank == 1
+                               else cp.empty((rows, 4), cp.float32))
+    got = ov.gemm_all_reduce(mine_a, mine_b, comm)  # still usable afterwards
+    assert isinstance(got, cp.ndarray) and got.shape == (8, 4)
