@@ -460,8 +460,8 @@ def _token_rank_pairs(ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _scatter_add(xp: Any, out: Any, index: np.ndarray, rows: Any) -> Any:
     """out[index[i]] += rows[i] (indices may repeat); returns out."""
     if index.size:
-        if xp is np:
-            np.add.at(out, index, rows)
+        if xp is np or hasattr(xp.add, "at"):  # cupy >= 13 has add.at; cupyx.scatter_add is deprecated
+            xp.add.at(out, index if xp is np else xp.asarray(index), rows)
         else:
             import cupyx
 
