@@ -147,6 +147,52 @@ def test_every_rank_count_matches_the_reference(comm, layout, causal):
 
 
 @pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("causal", [False, True])
+def test_packed_sequences_match_the_reference(comm, causal):
+    check_packed(comm, causal, np)
+
+
+@pytest.mark.gpu
+@pytest.mark.mpi(min_size=2)
+def test_gpu_packed_sequences_match_the_reference(comm):
+    from pyhpc import cuda
+
+    for causal in (False, True):
+        check_packed(comm, causal, cuda.cupy())
+
+
+def check_packed(comm, causal, xp):
+    # three sequences of 5, 0 and 23 tokens, then one of 9, packed into one of 37 (cu_seqlens)
+    cu = np.array([0, 5, 5, 28, 37])
+    q, k, v, dout = tensors(37, 4, 2, 8, seed=5)
+    out, lse, dq, dk, dv = at.attention_reference(q, k, v, causal, dout=dout, cu_seqlens=cu)
+    # the reference itself: packed = each sequence alone
+    for a, b in zip(cu[:-1], cu[1:]):
+        if b > a:
+            alone = at.attention_reference(q[a:b], k[a:b], v[a:b], causal, dout=dout[a:b])
+            assert np.allclose(out[a:b], alone[0]) and np.allclose(dk[a:b], alone[3])
+    pos = at.positions("zigzag", comm.rank, comm.size, 37)
+    mine = [xp.asarray(x[pos].astype(np.float32)) for x in (q, k, v, dout)]
+    variants = [(at.ring_attention, at.ring_attention_backward),
+                (at.token_ring_attention, at.token_ring_attention_backward),
+                (at.allgather_attention, at.allgather_attention_backward)]
+    if 4 % comm.size == 0 and (2 % comm.size == 0 or comm.size % 2 == 0):
+        variants.append((at.ulysses_attention, at.ulysses_attention_backward))
+    worst = 0.0
+    for forward, backward in variants:
+        o, l = forward(*mine[:3], comm, causal, cu_seqlens=cu)
+        grads = backward(mine[3], *mine[:3], o, l, comm, causal, cu_seqlens=cu)
+        for got, want in zip((o, l, *grads), (out[pos], lse[:, pos], dq[pos], dk[pos], dv[pos])):
+            got = got.get() if xp is not np else got
+            worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
+    assert comm.allreduce(worst, op=MPI.MAX) < 1e-5
+    with pytest.raises(InvalidArgumentError, match="cu_seqlens: must start at 0"):
+        at.token_ring_attention(*mine[:3], comm, causal, cu_seqlens=np.array([0, 5, 36]))
+    with pytest.raises(InvalidArgumentError, match="ranks disagree"):
+        at.ring_attention(*mine[:3], comm, causal, cu_seqlens=cu if comm.rank else None)
+
+
+@pytest.mark.mpi(min_size=2)
 def test_bad_input_on_one_rank_raises_on_every_rank(comm):
     total = 8 * comm.size
     q, k, v, _ = tensors(total, 4, 2, 4)

@@ -89,17 +89,31 @@ def _expand(xp, x, heads: int):
     return x if group == 1 else xp.repeat(x, group, axis=1)
 
 
-def _scores(xp, q, k, scale, q_pos, k_pos, causal):
+@dataclass(frozen=True)
+class _Mask:
+    """Which keys a query sees: causal or not, and with packed sequences (``cu``: their
+    boundaries, an array of the block math's kind) only keys of the query's own sequence."""
+
+    causal: bool
+    cu: Any = None
+
+
+def _scores(xp, q, k, scale, q_pos, k_pos, mask):
     s = _h(q) @ _h(_expand(xp, k, q.shape[1])).transpose(0, 2, 1) * scale  # [H, Sq, Sk], batched GEMM
+    causal, cu = (mask.causal, mask.cu) if isinstance(mask, _Mask) else (mask, None)
+    seen = None
     if causal:
-        s = xp.where((q_pos[:, None] >= k_pos[None, :])[None], s, -xp.inf)
-    return s
+        seen = q_pos[:, None] >= k_pos[None, :]
+    if cu is not None:
+        same = (xp.searchsorted(cu, q_pos, side="right")[:, None] == xp.searchsorted(cu, k_pos, side="right")[None, :])
+        seen = same if seen is None else seen & same
+    return s if seen is None else xp.where(seen[None], s, -xp.inf)
 
 
-def _block_forward(xp, acc, q, k, v, scale, q_pos, k_pos, causal):
+def _block_forward(xp, acc, q, k, v, scale, q_pos, k_pos, mask):
     """(out [Sq, H, D], lse [H, Sq]) in ``acc`` of queries q against one block of keys;
     lse = -inf where a query sees none of the block."""
-    s = _scores(xp, q.astype(acc), k.astype(acc), scale, q_pos, k_pos, causal)
+    s = _scores(xp, q.astype(acc), k.astype(acc), scale, q_pos, k_pos, mask)
     top = s.max(axis=2, keepdims=True)
     top = xp.where(xp.isfinite(top), top, 0.0)
     p = xp.exp(s - top)
@@ -119,11 +133,11 @@ def _merge(xp, out, lse, block_out, block_lse):
     return out * w_old.T[..., None] + block_out * w_new.T[..., None], new
 
 
-def _block_backward(xp, q, k, v, out, lse, dout, scale, q_pos, k_pos, causal):
+def _block_backward(xp, q, k, v, out, lse, dout, scale, q_pos, k_pos, mask):
     """(dq, dk, dv) contributions of one key block, from the final out and lse (all in one
     accumulation dtype)."""
     heads = q.shape[1]
-    s = _scores(xp, q, k, scale, q_pos, k_pos, causal)
+    s = _scores(xp, q, k, scale, q_pos, k_pos, mask)
     p = xp.exp(s - xp.where(xp.isfinite(lse), lse, 0.0)[..., None])
     p = xp.where(xp.isfinite(s), p, 0.0)
     ve = _expand(xp, v, heads)
@@ -142,16 +156,29 @@ def _fold(x, kv_heads: int):
     return x if group == 1 else x.reshape(x.shape[0], kv_heads, group, x.shape[2]).sum(axis=2)
 
 
-def attention_reference(q, k, v, causal=False, softmax_scale=None, dout=None):
-    """Single-process attention in float64: (out, lse) and, with dout, (dq, dk, dv) too."""
+def attention_reference(q, k, v, causal=False, softmax_scale=None, dout=None, cu_seqlens=None):
+    """Single-process attention in float64: (out, lse) and, with dout, (dq, dk, dv) too;
+    ``cu_seqlens``: packed sequences (each token sees only its own sequence's keys)."""
     q, k, v = (np.asarray(x, dtype=np.float64) for x in (q, k, v))
     scale = softmax_scale or 1.0 / math.sqrt(q.shape[2])
     pos = np.arange(q.shape[0])
-    out, lse = _block_forward(np, np.float64, q, k, v, scale, pos, pos, causal)
+    mask = _Mask(bool(causal), None if cu_seqlens is None else _check_cu(cu_seqlens, q.shape[0]))
+    out, lse = _block_forward(np, np.float64, q, k, v, scale, pos, pos, mask)
     if dout is None:
         return out, lse
     return (out, lse, *_block_backward(np, q, k, v, out, lse, np.asarray(dout, np.float64), scale, pos, pos,
-                                       causal))
+                                       mask))
+
+
+def _check_cu(cu_seqlens, total: int) -> np.ndarray:
+    """cu_seqlens as int64: 0, then each packed sequence's end, the last one ``total``."""
+    cu = np.asarray(_host(cu_seqlens))
+    if cu.ndim != 1 or cu.size < 2 or not np.issubdtype(cu.dtype, np.integer):
+        raise InvalidArgumentError(f"cu_seqlens: must be 1-D integers [0, end_1, ..., total], got {cu!r}")
+    if cu[0] != 0 or cu[-1] != total or np.any(np.diff(cu) < 0):
+        raise InvalidArgumentError(f"cu_seqlens: must start at 0, never decrease and end at the {total} tokens "
+                                   f"of the whole sequence, got {cu.tolist()}")
+    return cu.astype(np.int64)
 
 
 # ---- over MPI ------------------------------------------------------------------------------------
@@ -160,9 +187,10 @@ _CPU_DTYPES = ("float32", "float64")
 _GPU_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
-def _check(comm, q, k, v, layout, causal, what, dout=None, extra=()):
-    """Validate, then agree across ranks (a bad argument on one rank raises on all)."""
-    error = None
+def _check(comm, q, k, v, layout, causal, what, dout=None, extra=(), cu_seqlens=None):
+    """Validate, then agree across ranks (a bad argument on one rank raises on all). Returns
+    every rank's positions and the checked cu_seqlens (or None)."""
+    error, cu = None, None
     try:
         if layout not in LAYOUTS:
             raise InvalidArgumentError(f"layout: {layout!r} is not one of {LAYOUTS}")
@@ -195,7 +223,9 @@ def _check(comm, q, k, v, layout, causal, what, dout=None, extra=()):
                 raise InvalidArgumentError(f"{name}: shape {x.shape} differs from {want} (q's {q.shape})")
     except InvalidArgumentError as exc:
         error = f"{what}: {exc}"
-    key = None if error else (layout, bool(causal), q.shape[1:], k.shape[1:], str(q.dtype), is_cupy_array(q))
+    key = None if error else (layout, bool(causal), q.shape[1:], k.shape[1:], str(q.dtype), is_cupy_array(q),
+                              None if cu_seqlens is None else tuple(int(x) for x in np.asarray(_host(cu_seqlens))
+                                                                      .reshape(-1)[:1 << 16]))
     reports = comm.allgather((error, key, None if error else q.shape[0]))
     bad = [r for r, (e, _, _) in enumerate(reports) if e]
     if bad:
@@ -209,7 +239,12 @@ def _check(comm, q, k, v, layout, causal, what, dout=None, extra=()):
     if [n for _, _, n in reports] != expected:
         raise InvalidArgumentError(f"{what}: tokens per rank {[n for _, _, n in reports]} do not fit the "
                                    f"{layout} layout of {total} tokens over {size} ranks (expected {expected})")
-    return [positions(layout, r, size, total) for r in range(size)]
+    if cu_seqlens is not None:  # the same on every rank (compared above): every rank raises alike
+        try:
+            cu = _check_cu(cu_seqlens, total)
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"{what}: {exc}") from None
+    return [positions(layout, r, size, total) for r in range(size)], cu
 
 
 def _width(*fields) -> int:
@@ -227,9 +262,10 @@ class _Call:
     in one message. Device arrays go through host memory: the MPI need not be CUDA-aware.
     """
 
-    def __init__(self, comm, q, stats=None) -> None:
+    def __init__(self, comm, q, stats=None, causal=False, cu=None) -> None:
         self.comm, self.stats = comm, stats
         self.xp = array_module(q)
+        self.mask = _Mask(bool(causal), None if cu is None else self.xp.asarray(cu))
         self.gpu = self.xp is not np
         self.dtype = q.dtype
         self.acc = np.dtype(np.float32 if self.gpu and q.dtype != np.float64 else np.float64)
@@ -369,7 +405,8 @@ def _attend(call, q, k, v, scale, q_pos, k_pos, causal):
     out, lse = xp.zeros(q.shape, acc), xp.full((q.shape[1], q.shape[0]), -np.inf, acc)
     if first < len(q_pos) and n:
         out[first:], lse[:, first:] = _block_forward(xp, acc, q[first:], k[:n], v[:n], scale,
-                                                     call.on_device(q_pos[first:]), call.on_device(k_pos[:n]), causal)
+                                                     call.on_device(q_pos[first:]), call.on_device(k_pos[:n]),
+                                                     call.mask)
     return out, lse
 
 
@@ -382,17 +419,17 @@ def _attend_backward(call, q, k, v, out, lse, dout, scale, q_pos, k_pos, causal)
     if first < len(q_pos) and n:
         dq[first:], dk[:n], dv[:n] = _block_backward(xp, q[first:], k[:n], v[:n], out[first:], lse[:, first:],
                                                      dout[first:], scale, call.on_device(q_pos[first:]),
-                                                     call.on_device(k_pos[:n]), causal)
+                                                     call.on_device(k_pos[:n]), call.mask)
     return dq, dk, dv
 
 
-def ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigzag", stats=None):
+def ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigzag", stats=None, cu_seqlens=None):
     """(out [S_local, H, D] in q's dtype, lse [H, S_local] in the accumulation dtype) of this
     rank's queries over the whole sequence; K and V travel round the ring. ``stats`` (a dict)
     gets the bytes and messages this rank sent."""
     size, rank = comm.Get_size(), comm.Get_rank()
-    pos = _check(comm, q, k, v, layout, causal, "ring_attention")
-    call = _Call(comm, q, stats)
+    pos, cu = _check(comm, q, k, v, layout, causal, "ring_attention", cu_seqlens=cu_seqlens)
+    call = _Call(comm, q, stats, causal, cu)
     xp, scale = call.xp, softmax_scale or 1.0 / math.sqrt(q.shape[2])
     kv_fields = [(q.dtype, k.shape[1:])] * 2
     out = xp.zeros(q.shape, dtype=call.acc)
@@ -416,13 +453,13 @@ def ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigz
 
 
 def ring_attention_backward(dout, q, k, v, out, lse, comm, causal=False, softmax_scale=None, layout="zigzag",
-                            stats=None):
+                            stats=None, cu_seqlens=None):
     """(dq, dk, dv) for this rank's slices, from the forward's out and lse: K, V and their
     gradient accumulators travel round the ring and are back home after P steps."""
     size, rank = comm.Get_size(), comm.Get_rank()
-    pos = _check(comm, q, k, v, layout, causal, "ring_attention_backward", dout=dout,
-                 extra=(("out", out), ("lse", lse)))
-    call = _Call(comm, q, stats)
+    pos, cu = _check(comm, q, k, v, layout, causal, "ring_attention_backward", dout=dout,
+                 extra=(("out", out), ("lse", lse)), cu_seqlens=cu_seqlens)
+    call = _Call(comm, q, stats, causal, cu)
     xp, acc, scale = call.xp, call.acc, softmax_scale or 1.0 / math.sqrt(q.shape[2])
     qa, outa, douta, lsea = q.astype(acc), out.astype(acc), dout.astype(acc), lse.astype(acc)
     dq = xp.zeros(q.shape, dtype=acc)
@@ -457,13 +494,13 @@ def ring_attention_backward(dout, q, k, v, out, lse, comm, causal=False, softmax
     return dq.astype(q.dtype), dkb.astype(k.dtype), dvb.astype(v.dtype)
 
 
-def token_ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigzag", stats=None):
+def token_ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigzag", stats=None, cu_seqlens=None):
     """TokenRing's forward: (out, lse) like :func:`ring_attention`, but the query blocks travel
     (r -> r+1) and each partial (out in q's dtype, lse in the wire dtype) goes straight back
     to the query's owner."""
     size, rank = comm.Get_size(), comm.Get_rank()
-    pos = _check(comm, q, k, v, layout, causal, "token_ring_attention")
-    call = _Call(comm, q, stats)
+    pos, cu = _check(comm, q, k, v, layout, causal, "token_ring_attention", cu_seqlens=cu_seqlens)
+    call = _Call(comm, q, stats, causal, cu)
     xp, acc, scale = call.xp, call.acc, softmax_scale or 1.0 / math.sqrt(q.shape[2])
     heads, dim = q.shape[1], q.shape[2]
     q_fields = [(q.dtype, (heads, dim))]
@@ -511,15 +548,15 @@ def token_ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout
 
 
 def token_ring_attention_backward(dout, q, k, v, out, lse, comm, causal=False, softmax_scale=None,
-                                  layout="zigzag", stats=None):
+                                  layout="zigzag", stats=None, cu_seqlens=None):
     """TokenRing's backward: (dq, dk, dv) for this rank's slices. The query side of each block
     (q, dout, out in q's dtype, lse in the wire dtype) travels r -> r+1 as in the forward;
     every rank adds the block's dK/dV into its own K/V gradients, which never move, and
     sends the block's dQ partial (wire dtype) straight back to the query's owner."""
     size, rank = comm.Get_size(), comm.Get_rank()
-    pos = _check(comm, q, k, v, layout, causal, "token_ring_attention_backward", dout=dout,
-                 extra=(("out", out), ("lse", lse)))
-    call = _Call(comm, q, stats)
+    pos, cu = _check(comm, q, k, v, layout, causal, "token_ring_attention_backward", dout=dout,
+                 extra=(("out", out), ("lse", lse)), cu_seqlens=cu_seqlens)
+    call = _Call(comm, q, stats, causal, cu)
     xp, acc, scale = call.xp, call.acc, softmax_scale or 1.0 / math.sqrt(q.shape[2])
     heads, dim = q.shape[1], q.shape[2]
     fields = [(q.dtype, (heads, dim))] * 3 + [(call.wire, (heads,))]
@@ -632,32 +669,32 @@ def _zigzag_token_ring(call, pos, fields, half_of, compute, part_fields, tag):
     return got
 
 
-def allgather_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigzag", stats=None):
+def allgather_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigzag", stats=None, cu_seqlens=None):
     """(out, lse) after gathering every rank's K and V (one ``Allgatherv``): the simplest
     variant, and the one with the fewest messages; each rank receives the whole K/V."""
-    pos = _check(comm, q, k, v, layout, causal, "allgather_attention")
-    call = _Call(comm, q, stats)
+    pos, cu = _check(comm, q, k, v, layout, causal, "allgather_attention", cu_seqlens=cu_seqlens)
+    call = _Call(comm, q, stats, causal, cu)
     k_all, v_all = _gather_kv(call, k, v, pos)
     scale = softmax_scale or 1.0 / math.sqrt(q.shape[2])
     out, lse = _block_forward(call.xp, call.acc, q, k_all, v_all, scale, call.on_device(pos[comm.Get_rank()]),
-                              call.on_device(np.concatenate(pos)), causal)
+                              call.on_device(np.concatenate(pos)), call.mask)
     return out.astype(q.dtype), lse
 
 
 def allgather_attention_backward(dout, q, k, v, out, lse, comm, causal=False, softmax_scale=None,
-                                 layout="zigzag", stats=None):
+                                 layout="zigzag", stats=None, cu_seqlens=None):
     """(dq, dk, dv): K and V gathered again, every rank's dK/dV contributions summed back onto
     their owners with one ``Reduce_scatter`` (in the accumulation dtype)."""
-    pos = _check(comm, q, k, v, layout, causal, "allgather_attention_backward", dout=dout,
-                 extra=(("out", out), ("lse", lse)))
-    call = _Call(comm, q, stats)
+    pos, cu = _check(comm, q, k, v, layout, causal, "allgather_attention_backward", dout=dout,
+                 extra=(("out", out), ("lse", lse)), cu_seqlens=cu_seqlens)
+    call = _Call(comm, q, stats, causal, cu)
     xp, acc = call.xp, call.acc
     k_all, v_all = _gather_kv(call, k, v, pos)
     scale = softmax_scale or 1.0 / math.sqrt(q.shape[2])
     dq, dk_all, dv_all = _block_backward(xp, q.astype(acc), k_all.astype(acc), v_all.astype(acc), out.astype(acc),
                                          lse.astype(acc), dout.astype(acc), scale,
                                          call.on_device(pos[comm.Get_rank()]), call.on_device(np.concatenate(pos)),
-                                         causal)
+                                         call.mask)
     both = np.ascontiguousarray(_host(xp.stack([dk_all, dv_all], axis=1)))  # [S, 2, H_kv, D]: one collective
     mine = np.empty((k.shape[0], 2, *k.shape[1:]), dtype=acc)
     per_token = 2 * k.shape[1] * k.shape[2]
@@ -722,15 +759,15 @@ def _offsets(counts):
     return [int(x) for x in np.concatenate([[0], np.cumsum(counts)[:-1]])]
 
 
-def ulysses_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigzag", stats=None):
+def ulysses_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="zigzag", stats=None, cu_seqlens=None):
     """DeepSpeed-Ulysses: (out, lse) like :func:`ring_attention`. One all-to-all gives each rank
     all tokens of H/P query heads (and the K/V heads they read); it computes their attention
     over the whole sequence; one all-to-all sends out and lse back to the tokens' owners.
     P must divide H, and P and H_kv one another."""
     size, rank = comm.Get_size(), comm.Get_rank()
-    pos = _check(comm, q, k, v, layout, causal, "ulysses_attention")
+    pos, cu = _check(comm, q, k, v, layout, causal, "ulysses_attention", cu_seqlens=cu_seqlens)
     _check_ulysses(comm, q, k, "ulysses_attention")
-    call = _Call(comm, q, stats)
+    call = _Call(comm, q, stats, causal, cu)
     xp, acc, scale = call.xp, call.acc, softmax_scale or 1.0 / math.sqrt(q.shape[2])
     split, dim, tokens = _ulysses_heads(q.shape[1], k.shape[1], size), q.shape[2], [len(p) for p in pos]
     qh, kh = split[rank]
@@ -739,7 +776,7 @@ def ulysses_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="z
     rows = _alltoall(call, [call.pack(q[:, a], k[:, b], v[:, b]) for a, b in split], tokens, _width(*fields))
     qa, ka, va = call.unpack(rows, *fields)
     every = call.on_device(np.concatenate(pos))
-    out_h, lse_h = _block_forward(xp, acc, qa, ka, va, scale, every, every, causal)  # [S, h, D], [h, S]
+    out_h, lse_h = _block_forward(xp, acc, qa, ka, va, scale, every, every, call.mask)  # [S, h, D], [h, S]
     starts = np.concatenate([[0], np.cumsum(tokens)]).astype(int)
     back = [call.pack(out_h[starts[i]:starts[i + 1]].astype(q.dtype), lse_h[:, starts[i]:starts[i + 1]].T
                       .astype(call.wire)) for i in range(size)]
@@ -752,15 +789,15 @@ def ulysses_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="z
 
 
 def ulysses_attention_backward(dout, q, k, v, out, lse, comm, causal=False, softmax_scale=None,
-                               layout="zigzag", stats=None):
+                               layout="zigzag", stats=None, cu_seqlens=None):
     """(dq, dk, dv) for Ulysses: one all-to-all of the query side and K/V by heads, the
     backward of whole-sequence attention for H/P heads, one all-to-all of dQ and dK/dV
     back (dK/dV in the wire dtype, summed at the owner where K/V heads were shared)."""
     size, rank = comm.Get_size(), comm.Get_rank()
-    pos = _check(comm, q, k, v, layout, causal, "ulysses_attention_backward", dout=dout,
-                 extra=(("out", out), ("lse", lse)))
+    pos, cu = _check(comm, q, k, v, layout, causal, "ulysses_attention_backward", dout=dout,
+                 extra=(("out", out), ("lse", lse)), cu_seqlens=cu_seqlens)
     _check_ulysses(comm, q, k, "ulysses_attention_backward")
-    call = _Call(comm, q, stats)
+    call = _Call(comm, q, stats, causal, cu)
     xp, acc, scale = call.xp, call.acc, softmax_scale or 1.0 / math.sqrt(q.shape[2])
     split, dim, tokens = _ulysses_heads(q.shape[1], k.shape[1], size), q.shape[2], [len(p) for p in pos]
     qh, kh = split[rank]
@@ -771,7 +808,7 @@ def ulysses_attention_backward(dout, q, k, v, out, lse, comm, causal=False, soft
                             for a, b in split], tokens, _width(*fields))
     qa, da, oa, la, ka, va = (x.astype(acc) for x in call.unpack(rows, *fields))
     every = call.on_device(np.concatenate(pos))
-    dq_h, dk_h, dv_h = _block_backward(xp, qa, ka, va, oa, la.T, da, scale, every, every, causal)
+    dq_h, dk_h, dv_h = _block_backward(xp, qa, ka, va, oa, la.T, da, scale, every, every, call.mask)
     starts = np.concatenate([[0], np.cumsum(tokens)]).astype(int)
     back = [call.pack(dq_h[starts[i]:starts[i + 1]].astype(q.dtype), dk_h[starts[i]:starts[i + 1]].astype(call.wire),
                       dv_h[starts[i]:starts[i + 1]].astype(call.wire)) for i in range(size)]
