@@ -8,7 +8,9 @@ split fits). Causal, zigzag layout; outputs checked against the ring once. A
 repetition is one forward and one backward pass (the slowest rank).
 
 Metrics on TokenRing's row, per variant: the bytes the busiest rank sent (counted
-by the implementation), the bytes on the busiest link (``attention.traffic``, the
+by the implementation); for ring and TokenRing, the share of a step's transfers
+already done when its compute ended and the time spent waiting for the rest (one
+forward + backward, the slowest rank); the bytes on the busiest link (``attention.traffic``, the
 most any rank sends or receives), and a modelled time per step at link bandwidths
 of 3, 13, 50 and 450 GB/s: for the pipelined variants (ring, TokenRing) the
 measured time or the busiest link's transfer time, whichever is longer, plus one
@@ -86,6 +88,11 @@ def case(ctx: Context, total: int, heads: int, kv_heads: int, reps: int, xp=np,
                            causal=True) for b in (False, True))
         busiest = int(max(t.sum(axis=0).max(), t.sum(axis=1).max()))
         metrics[f"bytes_sent_max_rank_{name}"] = ctx.comm.allreduce(sent[name]["bytes_sent"], op=_max())
+        if "transfers" in sent[name]:  # the point-to-point variants: did the transfers finish during compute?
+            metrics[f"wait_after_compute_ms_{name}"] = ctx.comm.allreduce(sent[name]["wait_seconds"], op=_max()) * 1e3
+            metrics[f"transfers_done_by_compute_end_{name}"] = (
+                ctx.comm.allreduce(sent[name]["transfers_done_by_compute_end"]) /
+                ctx.comm.allreduce(sent[name]["transfers"]))
         metrics[f"bytes_busiest_link_{name}"] = busiest
         measured = float(np.median(seconds[name]))
         for bw in BANDWIDTHS_GBS:
