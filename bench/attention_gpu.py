@@ -21,7 +21,7 @@ def run(ctx: Context) -> list[Measurement]:
     cp = cuda.cupy()
     if cp is None:
         raise RuntimeError("attention_gpu: cupy is not installed")
-    shapes = [(8192, 8, 8)] if ctx.quick else [(8192, 8, 8), (8192, 8, 2), (16384, 8, 8)]
+    shapes = [(8192, 8, 8)] if ctx.quick else [(8192, 8, 8), (8192, 8, 2), (8192, 16, 16)]
     return attention.run(ctx, xp=cp, dtype=np.float16, shapes=shapes)
 
 

@@ -87,7 +87,9 @@ step 170 "GPU tests (serial, 2 and 4 ranks)" \
   bash -o pipefail -c "$(declare -f gpu_tests); PY='$PY'; gpu_tests 2>&1 | tee '$OUT/tests.log'"
 
 # Benchmark results go back as one archive (the device tool returns at most 8 files).
-step 190 "GPU benchmarks: ${GPU_BENCHMARKS[*]}" "$VENV/bin/pyhpc" bench --quick \
+# PYHPC_DEVICE_BENCH=full runs them in full mode (more shapes and repetitions).
+quick=--quick; [ "${PYHPC_DEVICE_BENCH:-quick}" = full ] && quick=
+step 190 "GPU benchmarks: ${GPU_BENCHMARKS[*]}" "$VENV/bin/pyhpc" bench $quick \
   --out "$BENCH_OUT" "${GPU_BENCHMARKS[@]}"
 tar -czf "$OUT/bench.tgz" -C "$BENCH_OUT" . || failed=1
 
