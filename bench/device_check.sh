@@ -27,6 +27,7 @@ WHEELS=${PYHPC_WHEELS:-.whl}
 VENV=${PYHPC_DEVICE_VENV:-/tmp/pyhpc-device-venv}
 # GPU benchmarks to run; each capability with a GPU path adds its name here.
 GPU_BENCHMARKS=(gpu_copy gpu_pack moe_layers_gpu attention_gpu overlap_gpu)
+if [ -n "${PYHPC_DEVICE_BENCHMARKS:-}" ]; then read -ra GPU_BENCHMARKS <<< "$PYHPC_DEVICE_BENCHMARKS"; fi
 
 start=$SECONDS
 stamp() { echo "=== [$(( SECONDS - start )) s] $*"; }

@@ -252,6 +252,18 @@ def _width(*fields) -> int:
     return sum(np.dtype(d).itemsize * math.prod(shape) for d, shape in fields)
 
 
+class _Send:
+    """A send of byte rows. From the GPU, its rows are first copied to pinned host memory on a
+    copy stream; it is posted to MPI once that copy is done (by the progress thread, or by
+    whoever waits for it first), so the host never stops to wait for the GPU to send."""
+
+    __slots__ = ("copied", "host", "dest", "tag", "rows", "request")
+
+    def __init__(self, copied, host, dest, tag, rows) -> None:
+        self.copied, self.host, self.dest, self.tag, self.rows = copied, host, dest, tag, rows
+        self.request = None
+
+
 class _Call:
     """One call's arrays and messages.
 
@@ -259,7 +271,8 @@ class _Call:
     float32 on the GPU unless the input is float64); lse and gradient partials travel in
     ``wire`` (float32 for 16-bit inputs, else the input's dtype). A message is a run of
     byte rows, one per token (its fields side by side), so fields of different dtypes go
-    in one message. Device arrays go through host memory: the MPI need not be CUDA-aware.
+    in one message. Device arrays go through pinned host memory on a copy stream of their
+    own: the MPI need not be CUDA-aware. Sends are posted in the order they were made.
     """
 
     def __init__(self, comm, q, stats=None, causal=False, cu=None) -> None:
@@ -270,7 +283,10 @@ class _Call:
         self.dtype = q.dtype
         self.acc = np.dtype(np.float32 if self.gpu and q.dtype != np.float64 else np.float64)
         self.wire = np.dtype(np.float32) if q.dtype.itemsize < 4 else q.dtype
-        self.sends: list[tuple[np.ndarray, Any]] = []
+        self.copy_stream = self.xp.cuda.Stream(non_blocking=True) if self.gpu else None
+        self.lock = threading.Lock()
+        self.sends: list[_Send] = []  # every send of this call, kept until it is complete
+        self.queue: list[_Send] = []  # sends not yet posted to MPI, in order
         self.inflight: list[Any] = []  # every request not yet known complete
 
     def on_device(self, x):
@@ -292,35 +308,76 @@ class _Call:
             start += width
         return out
 
-    def isend(self, rows, dest: int, tag: int, count: bool = True):
-        host = np.ascontiguousarray(_host(rows))
-        request = self.comm.Isend([host, _byte()], dest, tag)
-        self.sends.append((host, request))
-        self.inflight.append(request)
+    def isend(self, rows, dest: int, tag: int, count: bool = True) -> _Send:
+        if isinstance(rows, np.ndarray):
+            send = _Send(None, np.ascontiguousarray(rows), dest, tag, None)
+        else:  # device rows: copied to pinned memory behind the work that made them
+            cp = self.xp
+            host = _pinned(cp, rows.shape)
+            made = cp.cuda.Event(disable_timing=True)
+            made.record()
+            self.copy_stream.wait_event(made)
+            rows = cp.ascontiguousarray(rows)
+            try:
+                rows.get(stream=self.copy_stream, out=host, blocking=False)
+            except TypeError:  # a cupy without blocking=: the copy is ordered on the stream all the same
+                rows.get(stream=self.copy_stream, out=host)
+            copied = cp.cuda.Event(disable_timing=True)
+            copied.record(self.copy_stream)
+            send = _Send(copied, host, dest, tag, rows)
+        with self.lock:
+            self.sends.append(send)
+            self.queue.append(send)
+        self._post(block=False)
         if count and self.stats is not None:
-            self.stats["bytes_sent"] = self.stats.get("bytes_sent", 0) + host.nbytes
+            self.stats["bytes_sent"] = self.stats.get("bytes_sent", 0) + send.host.nbytes
             self.stats["messages"] = self.stats.get("messages", 0) + 1
-        return request
+        return send
+
+    def flush(self) -> None:
+        """Post every queued send (waiting for its copy): before anything that blocks."""
+        self._post(block=True)
+
+    def _post(self, block: bool) -> None:
+        """Post queued sends to MPI in order while their copies are done; with ``block``, all of
+        them, waiting for the copies."""
+        with self.lock:
+            while self.queue:
+                send = self.queue[0]
+                if send.copied is not None and not send.copied.done:
+                    if not block:
+                        return
+                    send.copied.synchronize()
+                self.queue.pop(0)
+                send.request = self.comm.Isend([send.host, _byte()], send.dest, send.tag)
+                send.rows = None  # the device rows are copied: they may go
+                self.inflight.append(send.request)
 
     def irecv(self, tokens: int, width: int, source: int, tag: int):
-        host = np.empty((tokens, width), dtype=np.uint8)
+        host = _pinned(self.xp, (tokens, width)) if self.gpu else np.empty((tokens, width), dtype=np.uint8)
         request = self.comm.Irecv([host, _byte()], source, tag)
-        self.inflight.append(request)
+        with self.lock:
+            self.inflight.append(request)
         return host, request
 
     @contextlib.contextmanager
     def computing(self):
-        """Around a block's compute: a helper thread polls every transfer in flight (an MPI
-        progresses nonblocking transfers only inside MPI calls, and numpy makes none), unless
-        PYHPC_ATTENTION_PROGRESS=0 or the MPI is not thread-multiple."""
+        """Around a block's compute: a helper thread posts the sends whose copies are done and
+        polls every transfer in flight (an MPI progresses nonblocking transfers only inside MPI
+        calls, and numpy makes none), unless PYHPC_ATTENTION_PROGRESS=0 or the MPI is not
+        thread-multiple."""
         start = time.perf_counter()
         stop, thread = threading.Event(), None
-        if _progress_thread() and self.inflight:
-            def poll(requests=list(self.inflight)):
+        if _progress_thread() and (self.inflight or self.queue):
+            def poll():
                 from mpi4py import MPI
 
-                while not stop.wait(_POLL_S) and not MPI.Request.Testall(requests):
-                    pass
+                while not stop.wait(_POLL_S):
+                    self._post(block=False)
+                    with self.lock:
+                        requests = list(self.inflight)
+                    if MPI.Request.Testall(requests) and not self.queue:
+                        break
 
             thread = threading.Thread(target=poll, name="pyhpc-attention-progress", daemon=True)
             thread.start()
@@ -341,20 +398,31 @@ class _Call:
         if not requests:
             return
         self._add("transfers", len(requests))
-        self._add("transfers_done_by_compute_end", sum(bool(r.Test()) for r in requests))
+        self._add("transfers_done_by_compute_end",
+                  sum(bool(r.request.Test()) if isinstance(r, _Send) and r.request is not None
+                      else (not isinstance(r, _Send) and bool(r.Test())) for r in requests))
         start = time.perf_counter()
-        MPI.Request.Waitall(requests)
+        self.flush()  # never block with sends of ours unposted: a peer may be waiting for one
+        MPI.Request.Waitall([r.request if isinstance(r, _Send) else r for r in requests])
         self._add("wait_seconds", time.perf_counter() - start)
-        self.inflight = [r for r in self.inflight if r]  # completed requests are MPI_REQUEST_NULL (falsy)
+        with self.lock:
+            self.inflight = [r for r in self.inflight if r]  # completed requests are MPI_REQUEST_NULL (falsy)
 
     def _add(self, key: str, value) -> None:
         if self.stats is not None:
             self.stats[key] = self.stats.get(key, 0) + value
 
     def finish(self) -> None:
-        _waitall([r for _, r in self.sends])
+        self.flush()
+        _waitall([s.request for s in self.sends])
         self.sends.clear()
         self.inflight.clear()
+
+
+def _pinned(cp, shape) -> np.ndarray:
+    """Page-locked host bytes (cupy's pinned pool), so device copies run asynchronously."""
+    nbytes = math.prod(shape)
+    return np.frombuffer(cp.cuda.alloc_pinned_memory(max(nbytes, 1)), dtype=np.uint8, count=nbytes).reshape(shape)
 
 
 @functools.lru_cache(maxsize=None)
@@ -539,6 +607,7 @@ def token_ring_attention(q, k, v, comm, causal=False, softmax_scale=None, layout
         if step < size - 1:
             block = nxt
             (visiting,) = call.unpack(nxt, *q_fields)
+    call.flush()
     for part, request in results:
         request.Wait()
         part_out, part_lse = call.unpack(part, *part_fields)
@@ -601,6 +670,7 @@ def token_ring_attention_backward(dout, q, k, v, out, lse, comm, causal=False, s
         call.wait(requests)
         if step < size - 1:
             block = nxt
+    call.flush()
     for part, request in results:
         request.Wait()
         dq += call.unpack(part, *dq_fields)[0].astype(acc)
@@ -663,6 +733,7 @@ def _zigzag_token_ring(call, pos, fields, half_of, compute, part_fields, tag):
             work(step - 1, high, low_half if step > 1 else None)
         call.wait(requests)
         high, low_half = nxt_high, nxt_low
+    call.flush()
     for where, (part, request) in results:
         request.Wait()
         got.append((where, call.unpack(part, *part_fields)))
