@@ -799,6 +799,14 @@ def _ulysses_heads(heads: int, kv_heads: int, size: int) -> list[tuple[slice, sl
     return [(slice(j * h, (j + 1) * h), slice(j * h // group, ((j + 1) * h - 1) // group + 1)) for j in range(size)]
 
 
+def _ulysses_shares(q, k, pos, rank):
+    """(every rank's (query heads, K/V heads), every rank's tokens, this rank's query and
+    K/V head counts)."""
+    split = _ulysses_heads(q.shape[1], k.shape[1], len(pos))
+    qh, kh = split[rank]
+    return split, [len(p) for p in pos], qh.stop - qh.start, kh.stop - kh.start
+
+
 def _check_ulysses(comm, q, k, what) -> None:
     """Ulysses splits heads over ranks: P must divide H, and P and H_kv one another (each
     rank's query heads then read a whole number of K/V heads). Shapes agree across ranks
@@ -840,9 +848,8 @@ def ulysses_attention(q, k, v, comm, causal=False, softmax_scale=None, layout="z
     _check_ulysses(comm, q, k, "ulysses_attention")
     call = _Call(comm, q, stats, causal, cu)
     xp, acc, scale = call.xp, call.acc, softmax_scale or 1.0 / math.sqrt(q.shape[2])
-    split, dim, tokens = _ulysses_heads(q.shape[1], k.shape[1], size), q.shape[2], [len(p) for p in pos]
-    qh, kh = split[rank]
-    h, kv = qh.stop - qh.start, kh.stop - kh.start
+    split, tokens, h, kv = _ulysses_shares(q, k, pos, rank)
+    dim = q.shape[2]
     fields = [(q.dtype, (h, dim)), (q.dtype, (kv, dim)), (q.dtype, (kv, dim))]
     rows = _alltoall(call, [call.pack(q[:, a], k[:, b], v[:, b]) for a, b in split], tokens, _width(*fields))
     qa, ka, va = call.unpack(rows, *fields)
@@ -870,9 +877,8 @@ def ulysses_attention_backward(dout, q, k, v, out, lse, comm, causal=False, soft
     _check_ulysses(comm, q, k, "ulysses_attention_backward")
     call = _Call(comm, q, stats, causal, cu)
     xp, acc, scale = call.xp, call.acc, softmax_scale or 1.0 / math.sqrt(q.shape[2])
-    split, dim, tokens = _ulysses_heads(q.shape[1], k.shape[1], size), q.shape[2], [len(p) for p in pos]
-    qh, kh = split[rank]
-    h, kv = qh.stop - qh.start, kh.stop - kh.start
+    split, tokens, h, kv = _ulysses_shares(q, k, pos, rank)
+    dim = q.shape[2]
     fields = [(q.dtype, (h, dim))] * 3 + [(call.wire, (h,))] + [(q.dtype, (kv, dim))] * 2
     out_, lse_t = out.astype(q.dtype), lse.T.astype(call.wire)
     rows = _alltoall(call, [call.pack(q[:, a], dout[:, a], out_[:, a], lse_t[:, a], k[:, b], v[:, b])
