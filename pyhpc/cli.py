@@ -1,4 +1,4 @@
-"""The `pyhpc` command: info, run, bench."""
+"""The `pyhpc` command: info, run, bench, measure-system, master."""
 
 from __future__ import annotations
 
@@ -101,6 +101,34 @@ def cmd_measure_system(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_master(args: argparse.Namespace) -> int:
+    """Serve a fault-tolerant-collectives master until SIGINT/SIGTERM."""
+    import signal
+    import threading
+
+    from . import ccl
+    from .errors import InvalidArgumentError
+
+    try:
+        secret = Path(args.secret_file).read_bytes().rstrip(b"\r\n")
+    except OSError as exc:
+        raise InvalidArgumentError(f"--secret-file: {exc}") from None
+    if not secret:
+        raise InvalidArgumentError(f"--secret-file {args.secret_file} is empty")
+    master = ccl.Master(args.host, args.port, secret, heartbeat_timeout=args.heartbeat_timeout,
+                        handshake_timeout=args.handshake_timeout).start()
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    print(f"pyhpc master listening on {master.address}", flush=True)
+    try:
+        while not done.wait(0.2):
+            pass
+    finally:
+        master.stop()
+    return 0
+
+
 def cmd_bench(argv: Sequence[str]) -> int:
     from . import bench  # type: ignore[attr-defined]  # installed from bench/ by CMake
 
@@ -131,6 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
                                          "~/.cache/pyhpc/system-model.txt)")
     p_measure.add_argument("--quick", action="store_true", help="fewer block sizes, smaller buffers")
 
+    p_master = sub.add_parser("master", help="run the master of pyhpc.ccl's fault-tolerant "
+                                             "collectives (peers join it over TCP)")
+    p_master.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
+    p_master.add_argument("--port", type=int, default=0, help="TCP port (default: any free one)")
+    p_master.add_argument("--secret-file", required=True,
+                          help="file holding the shared secret peers must prove")
+    p_master.add_argument("--heartbeat-timeout", type=float, default=2.0,
+                          help="seconds of silence after which a peer is dead (default 2)")
+    p_master.add_argument("--handshake-timeout", type=float, default=2.0,
+                          help="seconds a new connection has to authenticate (default 2)")
+
     # `bench` parses its own options (pyhpc.bench.main); listed here for --help.
     sub.add_parser("bench", help="benchmarks against their baselines (pyhpc bench --help)",
                    add_help=False)
@@ -150,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_info(args)
         if args.command == "measure-system":
             return cmd_measure_system(args)
+        if args.command == "master":
+            return cmd_master(args)
         return cmd_run(args)
     except pyhpc.Error as exc:
         print(f"pyhpc {command}: {exc}", file=sys.stderr)

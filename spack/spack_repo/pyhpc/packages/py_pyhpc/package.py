@@ -97,6 +97,8 @@ class PyPyhpc(PythonPackage, CudaPackage):
             "pyhpc",
             "pyhpc._core",
             "pyhpc._mpi",
+            "pyhpc._ccl",
+            "pyhpc.ccl",
             "pyhpc.datatype",
             "pyhpc.interpose",
             "pyhpc.moe",

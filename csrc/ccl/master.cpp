@@ -1,0 +1,449 @@
+#include "ccl/master.hpp"
+
+#include <errno.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+
+#include "ccl/net.hpp"
+#include "ccl/sha256.hpp"
+
+namespace pyhpc::ccl {
+namespace {
+constexpr size_t kMaxOutBuffer = 16u << 20;  // a peer this far behind is dropped
+constexpr char kPeerLabel[] = "pccl-peer";
+constexpr char kMasterLabel[] = "pccl-master";
+
+double unix_now() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+enum class ClientState { kAwaitAuth, kPending, kMember, kGone };
+
+struct Master::Client {
+  int fd = -1;
+  ClientState state = ClientState::kAwaitAuth;
+  std::array<uint8_t, kNonceSize> nonce{};
+  uint64_t id = 0;
+  uint64_t join = 0;
+  std::string host;
+  uint16_t port = 0;
+  std::vector<uint8_t> in;
+  std::vector<uint8_t> out;
+  size_t out_off = 0;
+  Clock::time_point handshake_deadline;
+  Clock::time_point last_heard;
+  bool wants_update = false;
+  bool doomed = false;  // a send failed; failed from the loop, never mid-iteration
+};
+
+enum class Gone { kNo, kDead, kLeft };
+
+struct Master::Slot {
+  uint64_t id;
+  std::string host;
+  uint16_t port;
+  Client* client;  // null once gone
+  Gone gone;
+};
+
+Master::Master(MasterOptions options) : options_(std::move(options)) {}
+
+Master::~Master() { stop(); }
+
+pyhpc_status Master::start() {
+  if (thread_.joinable())
+    return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "the master is already running");
+  if (options_.heartbeat_timeout <= 0 || options_.handshake_timeout <= 0)
+    return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "timeouts must be positive");
+  PYHPC_CHECK(listen_tcp(options_.host, options_.port, &listen_fd_, &port_));
+  PYHPC_CHECK(set_nonblocking(listen_fd_, true));
+  if (::pipe(wake_) != 0) {
+    ::close(listen_fd_);
+    listen_fd_ = -1;
+    return PYHPC_FAIL(PYHPC_ERR_INTERNAL, "pipe: %s", std::strerror(errno));
+  }
+  set_nonblocking(wake_[0], true);
+  set_nonblocking(wake_[1], true);
+  stop_ = false;
+  thread_ = std::thread([this] { run(); });
+  return PYHPC_OK;
+}
+
+void Master::stop() {
+  if (!thread_.joinable()) return;
+  stop_ = true;
+  char b = 1;
+  ssize_t ignored = ::write(wake_[1], &b, 1);
+  (void)ignored;
+  thread_.join();
+  for (auto& c : clients_)
+    if (c->fd >= 0) ::close(c->fd);
+  clients_.clear();
+  slots_.clear();
+  ::close(listen_fd_);
+  ::close(wake_[0]);
+  ::close(wake_[1]);
+  listen_fd_ = wake_[0] = wake_[1] = -1;
+}
+
+MasterStats Master::stats() const {
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  return stats_;
+}
+
+void Master::publish() {
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  stats_.epoch = epoch_;
+  stats_.members.clear();
+  for (const auto& s : slots_) stats_.members.push_back(s.id);
+  stats_.pending.clear();
+  for (const auto& c : clients_)
+    if (c->state == ClientState::kPending) stats_.pending.push_back(c->id);
+}
+
+void Master::run() {
+  std::vector<pollfd> fds;
+  while (!stop_) {
+    fds.clear();
+    fds.push_back({wake_[0], POLLIN, 0});
+    fds.push_back({listen_fd_, POLLIN, 0});
+    for (auto& c : clients_) {
+      short ev = POLLIN;
+      if (c->out.size() > c->out_off) ev |= POLLOUT;
+      fds.push_back({c->fd, ev, 0});
+    }
+    int rc = ::poll(fds.data(), fds.size(), 20);
+    if (rc < 0 && errno != EINTR) break;
+    if (stop_) break;
+    if (rc > 0) {
+      // Clients appended during this pass are polled next time round.
+      size_t n = clients_.size();
+      for (size_t i = 0; i < n; ++i) {
+        Client& c = *clients_[i];
+        short re = fds[i + 2].revents;
+        if (c.state == ClientState::kGone || re == 0) continue;
+        if (re & POLLOUT) flush(c);
+        if (c.state != ClientState::kGone && (re & (POLLIN | POLLHUP | POLLERR))) read_client(c);
+      }
+      if (fds[1].revents & POLLIN) accept_clients();
+    }
+    check_deadlines();
+    fail_doomed();
+    reap();
+  }
+}
+
+void Master::accept_clients() {
+  for (;;) {
+    int fd = ::accept(listen_fd_, nullptr, nullptr);
+    if (fd < 0) return;  // EAGAIN or a transient error: try on the next poll
+    if (clients_.size() >= options_.max_clients) {
+      ::close(fd);
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      ++stats_.rejected;
+      continue;
+    }
+    tune_socket(fd);
+    set_nonblocking(fd, true);
+    auto c = std::make_unique<Client>();
+    c->fd = fd;
+    c->host = peer_ip(fd);
+    c->handshake_deadline = after(options_.handshake_timeout);
+    c->last_heard = Clock::now();
+    if (random_bytes(c->nonce.data(), c->nonce.size()) != PYHPC_OK) {
+      ::close(fd);
+      continue;
+    }
+    Message m;
+    m.type = MsgType::kChallenge;
+    m.nonce = c->nonce;
+    clients_.push_back(std::move(c));
+    queue(*clients_.back(), m);
+  }
+}
+
+void Master::queue(Client& c, const Message& m) {
+  if (c.state == ClientState::kGone) return;
+  std::vector<uint8_t> frame;
+  if (encode(m, &frame) != PYHPC_OK) return;  // cannot happen for messages we build
+  if (c.out.size() - c.out_off + frame.size() > kMaxOutBuffer) {
+    c.doomed = true;
+    return;
+  }
+  c.out.insert(c.out.end(), frame.begin(), frame.end());
+  flush(c);
+}
+
+void Master::flush(Client& c) {
+  while (c.out_off < c.out.size()) {
+    ssize_t k = ::send(c.fd, c.out.data() + c.out_off, c.out.size() - c.out_off,
+                       MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (k > 0) {
+      c.out_off += size_t(k);
+    } else if (k < 0 && errno == EINTR) {
+      continue;
+    } else if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      return;
+    } else {
+      c.doomed = true;
+      return;
+    }
+  }
+  c.out.clear();
+  c.out_off = 0;
+}
+
+void Master::read_client(Client& c) {
+  uint8_t buf[65536];
+  for (;;) {
+    ssize_t k = ::recv(c.fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (k == 0 || (k < 0 && errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)) {
+      fail_client(c, FailReason::kClosed);
+      return;
+    }
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    c.in.insert(c.in.end(), buf, buf + k);
+    // Parse every complete frame; the header is judged as soon as it is in,
+    // so an oversized or foreign frame is refused before its payload arrives.
+    size_t off = 0;
+    while (c.state != ClientState::kGone && c.in.size() - off >= kHeaderSize) {
+      const uint8_t* p = c.in.data() + off;
+      Header h;
+      if (decode_header(p, kHeaderSize, kProtocolVersion, &h) != PYHPC_OK) {
+        uint32_t magic = uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 |
+                         uint32_t(p[3]) << 24;
+        uint16_t version = uint16_t(p[4] | p[5] << 8);
+        std::string why = last_error();
+        if (magic == kMagic && version != kProtocolVersion) {
+          char text[160];
+          std::snprintf(text, sizeof text,
+                        "protocol version mismatch: this peer speaks PCCL protocol version %u, "
+                        "the master speaks version %u",
+                        unsigned(version), unsigned(kProtocolVersion));
+          why = text;
+        }
+        clear_last_error();
+        reject(c, PYHPC_ERR_PROTOCOL, why);
+        return;
+      }
+      if (c.in.size() - off - kHeaderSize < h.length) break;
+      Message m;
+      pyhpc_status s = decode_payload(h, p + kHeaderSize, h.length, &m);
+      off += kHeaderSize + h.length;
+      if (s != PYHPC_OK) {
+        std::string why = last_error();
+        clear_last_error();
+        reject(c, PYHPC_ERR_PROTOCOL, why);
+        return;
+      }
+      c.last_heard = Clock::now();
+      handle(c, m);
+    }
+    if (c.state == ClientState::kGone) return;
+    c.in.erase(c.in.begin(), c.in.begin() + off);
+  }
+}
+
+void Master::handle(Client& c, const Message& m) {
+  if (c.state == ClientState::kAwaitAuth) {
+    if (m.type != MsgType::kAuth) {
+      reject(c, PYHPC_ERR_PROTOCOL,
+             std::string("expected AUTH, got ") + type_name(m.type));
+      return;
+    }
+    Piece pieces[3] = {{kPeerLabel, sizeof kPeerLabel - 1},
+                       {c.nonce.data(), c.nonce.size()},
+                       {m.nonce.data(), m.nonce.size()}};
+    Digest want = hmac_sha256(options_.secret.data(), options_.secret.size(), pieces, 3);
+    if (!equal_constant_time(want.data(), m.mac.data(), want.size())) {
+      reject(c, PYHPC_ERR_AUTH, "authentication failed: wrong secret");
+      return;
+    }
+    Piece back[3] = {{kMasterLabel, sizeof kMasterLabel - 1},
+                     {m.nonce.data(), m.nonce.size()},
+                     {c.nonce.data(), c.nonce.size()}};
+    Message ok;
+    ok.type = MsgType::kAuthOk;
+    ok.id = c.id = next_id_++;
+    ok.mac = hmac_sha256(options_.secret.data(), options_.secret.size(), back, 3);
+    if (!m.text.empty()) c.host = m.text;
+    c.port = m.port;
+    c.join = next_join_++;
+    c.state = ClientState::kPending;
+    queue(c, ok);
+    publish();
+    return;
+  }
+  switch (m.type) {
+    case MsgType::kHeartbeat:
+      return;
+    case MsgType::kUpdateRequest:
+      c.wants_update = true;
+      maybe_complete_update();
+      return;
+    case MsgType::kLeave: {
+      for (auto& s : slots_)
+        if (s.client == &c) {
+          s.gone = Gone::kLeft;
+          s.client = nullptr;
+        }
+      ::close(c.fd);
+      c.fd = -1;
+      c.state = ClientState::kGone;
+      maybe_complete_update();
+      publish();
+      return;
+    }
+    default:
+      reject(c, PYHPC_ERR_PROTOCOL,
+             std::string("unexpected ") + type_name(m.type) + " message from a peer");
+  }
+}
+
+void Master::reject(Client& c, pyhpc_status code, const std::string& why) {
+  if (c.state == ClientState::kGone) return;
+  // Best effort: tell the client why, then drop it.
+  Message e;
+  e.type = MsgType::kError;
+  e.code = uint16_t(code);
+  e.text = why;
+  std::vector<uint8_t> frame;
+  if (encode(e, &frame) == PYHPC_OK)
+    (void)::send(c.fd, frame.data(), frame.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  if (c.state == ClientState::kAwaitAuth) {
+    ::close(c.fd);
+    c.fd = -1;
+    c.state = ClientState::kGone;
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    ++stats_.rejected;
+    return;
+  }
+  fail_client(c, FailReason::kProtocol);
+}
+
+void Master::fail_client(Client& c, FailReason reason) {
+  if (c.state == ClientState::kGone) return;
+  ClientState was = c.state;
+  ::close(c.fd);
+  c.fd = -1;
+  c.state = ClientState::kGone;
+  if (was == ClientState::kAwaitAuth) {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    ++stats_.rejected;
+    return;
+  }
+  if (was == ClientState::kMember) {
+    for (auto& s : slots_)
+      if (s.client == &c) {
+        s.gone = Gone::kDead;
+        s.client = nullptr;
+      }
+    {
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      stats_.failures.push_back({c.id, reason, unix_now()});
+    }
+    Message f;
+    f.type = MsgType::kPeerFailed;
+    f.id = c.id;
+    f.code = uint16_t(reason);
+    for (auto& s : slots_)
+      if (s.client) queue(*s.client, f);
+    maybe_complete_update();
+  }
+  publish();
+}
+
+void Master::maybe_complete_update() {
+  bool any_live = false;
+  for (const auto& s : slots_) {
+    if (!s.client) continue;
+    if (!s.client->wants_update) return;
+    any_live = true;
+  }
+  std::vector<Client*> joiners;
+  for (auto& c : clients_)
+    if (c->state == ClientState::kPending && c->wants_update) joiners.push_back(c.get());
+  if (!any_live && joiners.empty()) return;
+  std::sort(joiners.begin(), joiners.end(),
+            [](const Client* a, const Client* b) { return a->join < b->join; });
+
+  Message t;
+  t.type = MsgType::kTopology;
+  t.epoch = ++epoch_;
+  std::vector<Slot> next;
+  for (auto& s : slots_) {
+    if (s.gone == Gone::kDead) t.dead.push_back(s.id);
+    else if (s.gone == Gone::kLeft) t.left.push_back(s.id);
+    else next.push_back(s);
+  }
+  for (Client* c : joiners) {
+    if (next.size() >= kMaxWorld) break;  // the rest wait for a later update
+    c->state = ClientState::kMember;
+    next.push_back({c->id, c->host, c->port, c, Gone::kNo});
+  }
+  slots_ = std::move(next);
+  for (const auto& s : slots_) t.peers.push_back({s.id, s.port, s.host});
+  // Cap the departed lists (a TOPOLOGY never exceeds its own frame cap).
+  if (t.dead.size() > kMaxWorld) t.dead.resize(kMaxWorld);
+  if (t.left.size() > kMaxWorld) t.left.resize(kMaxWorld);
+  for (uint32_t r = 0; r < slots_.size(); ++r) {
+    Client* c = slots_[r].client;
+    c->wants_update = false;
+    t.your_rank = r;
+    queue(*c, t);
+  }
+  publish();
+}
+
+void Master::check_deadlines() {
+  auto now = Clock::now();
+  auto silence = std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>(options_.heartbeat_timeout));
+  for (auto& cp : clients_) {
+    Client& c = *cp;
+    if (c.state == ClientState::kAwaitAuth && now > c.handshake_deadline)
+      reject(c, PYHPC_ERR_TIMEOUT, "no authentication before the handshake deadline");
+    else if ((c.state == ClientState::kPending || c.state == ClientState::kMember) &&
+             now - c.last_heard > silence)
+      fail_client(c, FailReason::kTimeout);
+  }
+}
+
+void Master::fail_doomed() {
+  // Failing one client queues PEER_FAILED to the others, which may doom them.
+  for (bool again = true; again;) {
+    again = false;
+    for (size_t i = 0; i < clients_.size(); ++i) {
+      Client& c = *clients_[i];
+      if (c.doomed && c.state != ClientState::kGone) {
+        fail_client(c, FailReason::kClosed);
+        again = true;
+      }
+    }
+  }
+}
+
+void Master::reap() {
+  // Slots hold raw pointers to clients; gone members were detached from their
+  // slot before being marked gone, so erasing gone clients is safe.
+  size_t before = clients_.size();
+  clients_.erase(std::remove_if(clients_.begin(), clients_.end(),
+                                [](const std::unique_ptr<Client>& c) {
+                                  return c->state == ClientState::kGone;
+                                }),
+                 clients_.end());
+  if (clients_.size() != before) publish();
+}
+
+}  // namespace pyhpc::ccl

@@ -1,0 +1,92 @@
+// The peer side of the fault-tolerant TCP collectives: one connection to the
+// master, authenticated by challenge-response, kept alive by a background
+// thread that sends a HEARTBEAT every heartbeat_interval seconds and receives
+// what the master sends (TOPOLOGY, PEER_FAILED, ERROR).
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ccl/wire.hpp"
+#include "common/status.hpp"
+
+namespace pyhpc::ccl {
+
+struct PeerOptions {
+  std::string host = "127.0.0.1";  // the master
+  uint16_t port = 0;
+  std::string secret;
+  double connect_timeout = 5.0;      // connect + authenticate
+  double heartbeat_interval = 0.1;   // s between heartbeats
+  std::string advertise_host;        // what other peers should dial; empty: as the master sees us
+  uint16_t advertise_port = 0;
+  uint16_t protocol_version = kProtocolVersion;  // tests speak another one on purpose
+};
+
+struct Topology {
+  uint64_t epoch = 0;
+  uint32_t rank = 0;
+  std::vector<PeerInfo> peers;  // rank order
+  std::vector<uint64_t> dead;   // removed by this update: failed
+  std::vector<uint64_t> left;   // removed by this update: left gracefully
+};
+
+class Peer {
+ public:
+  Peer() = default;
+  ~Peer();
+  Peer(const Peer&) = delete;
+  Peer& operator=(const Peer&) = delete;
+
+  // Connects, authenticates (and checks the master knows the secret too), and
+  // starts the heartbeat thread. The peer is then pending until admitted.
+  pyhpc_status connect(const PeerOptions& options);
+  // Blocks until the master completes the next topology update (every live
+  // member asked for it) or `timeout_s` passes (TIMEOUT; asking again keeps
+  // waiting for the same update, and returns it if it completed meanwhile).
+  pyhpc_status update_topology(double timeout_s, Topology* out);
+  // Tells the master we leave, then closes. Idempotent.
+  pyhpc_status leave();
+  void close();
+
+  uint64_t id() const { return id_; }
+  bool admitted() const;
+  Topology topology() const;
+  // Peers the master reported failed since the last call (ids).
+  std::vector<uint64_t> take_failures();
+  // OK while connected; else why not (and the message through last_error()).
+  pyhpc_status health() const;
+
+ private:
+  void loop();
+  pyhpc_status send(const Message& m);
+  void set_broken(pyhpc_status s, const std::string& why);
+
+  PeerOptions options_;
+  int fd_ = -1;
+  int wake_[2] = {-1, -1};
+  uint64_t id_ = 0;
+  std::thread thread_;
+  std::mutex send_mu_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  bool closed_ = false;
+  pyhpc_status broken_ = PYHPC_OK;
+  std::string broken_why_;
+  bool have_topology_ = false;
+  Topology topology_;
+  uint64_t topologies_seen_ = 0;
+  bool update_outstanding_ = false;
+  bool unclaimed_ = false;  // a TOPOLOGY no update_topology call returned yet
+  uint64_t update_seq_ = 0;
+  uint64_t heartbeat_seq_ = 0;
+  std::vector<uint64_t> failures_;
+};
+
+}  // namespace pyhpc::ccl

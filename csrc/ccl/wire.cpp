@@ -1,0 +1,283 @@
+#include "ccl/wire.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+namespace pyhpc::ccl {
+namespace {
+
+class Reader {
+ public:
+  Reader(const uint8_t* p, size_t n) : p_(p), n_(n) {}
+  bool bytes(void* dst, size_t k) {
+    if (k > n_ - off_) return false;
+    std::memcpy(dst, p_ + off_, k);
+    off_ += k;
+    return true;
+  }
+  template <typename T>
+  bool uint(T* v) {
+    if (sizeof(T) > n_ - off_) return false;
+    T x = 0;
+    for (size_t i = 0; i < sizeof(T); ++i) x |= T(T(p_[off_ + i]) << (8 * i));
+    off_ += sizeof(T);
+    *v = x;
+    return true;
+  }
+  bool str(std::string* s, size_t cap) {
+    uint16_t len = 0;
+    if (!uint(&len) || len > cap || len > n_ - off_) return false;
+    s->assign(reinterpret_cast<const char*>(p_ + off_), len);
+    off_ += len;
+    return true;
+  }
+  size_t left() const { return n_ - off_; }
+
+ private:
+  const uint8_t* p_;
+  size_t n_;
+  size_t off_ = 0;
+};
+
+class Writer {
+ public:
+  explicit Writer(std::vector<uint8_t>* out) : out_(out) {}
+  void bytes(const void* p, size_t k) {
+    const uint8_t* b = static_cast<const uint8_t*>(p);
+    out_->insert(out_->end(), b, b + k);
+  }
+  template <typename T>
+  void uint(T v) {
+    for (size_t i = 0; i < sizeof(T); ++i) out_->push_back(uint8_t(v >> (8 * i)));
+  }
+  void str(const std::string& s) {
+    uint(uint16_t(s.size()));
+    bytes(s.data(), s.size());
+  }
+
+ private:
+  std::vector<uint8_t>* out_;
+};
+
+constexpr size_t kPeerEntryMax = 8 + 2 + 2 + kMaxHost;
+constexpr size_t kTopologyMax = 8 + 4 * 4 + 2 * 8 * size_t(kMaxWorld) + kMaxWorld * kPeerEntryMax;
+
+bool printable_host(const std::string& h) {
+  return std::all_of(h.begin(), h.end(), [](char c) { return c > 0x20 && c < 0x7f; });
+}
+
+pyhpc_status bad(const char* type, const char* what) {
+  return PYHPC_FAIL(PYHPC_ERR_PROTOCOL, "malformed %s message: %s", type, what);
+}
+
+}  // namespace
+
+const char* type_name(MsgType t) {
+  switch (t) {
+    case MsgType::kChallenge: return "CHALLENGE";
+    case MsgType::kAuth: return "AUTH";
+    case MsgType::kAuthOk: return "AUTH_OK";
+    case MsgType::kError: return "ERROR";
+    case MsgType::kHeartbeat: return "HEARTBEAT";
+    case MsgType::kUpdateRequest: return "UPDATE_REQUEST";
+    case MsgType::kTopology: return "TOPOLOGY";
+    case MsgType::kPeerFailed: return "PEER_FAILED";
+    case MsgType::kLeave: return "LEAVE";
+  }
+  return "UNKNOWN";
+}
+
+size_t max_payload(uint16_t type) {
+  switch (static_cast<MsgType>(type)) {
+    case MsgType::kChallenge: return kNonceSize;
+    case MsgType::kAuth: return kNonceSize + 32 + 2 + 2 + kMaxHost;
+    case MsgType::kAuthOk: return 8 + 32;
+    case MsgType::kError: return 2 + 2 + kMaxErrorText;
+    case MsgType::kHeartbeat: return 8;
+    case MsgType::kUpdateRequest: return 8;
+    case MsgType::kTopology: return kTopologyMax;
+    case MsgType::kPeerFailed: return 8 + 2;
+    case MsgType::kLeave: return 0;
+  }
+  return 0;
+}
+
+size_t max_frame() { return kHeaderSize + kTopologyMax; }
+
+pyhpc_status decode_header(const uint8_t* p, size_t n, uint16_t version, Header* out) {
+  Reader r(p, n);
+  Header h;
+  if (!r.uint(&h.magic) || !r.uint(&h.version) || !r.uint(&h.type) || !r.uint(&h.length))
+    return PYHPC_FAIL(PYHPC_ERR_PROTOCOL, "truncated frame header: %zu of %zu bytes", n,
+                      kHeaderSize);
+  if (h.magic != kMagic)
+    return PYHPC_FAIL(PYHPC_ERR_PROTOCOL,
+                      "not a PCCL frame: magic 0x%08x, expected 0x%08x", h.magic, kMagic);
+  if (h.version != version)
+    return PYHPC_FAIL(PYHPC_ERR_PROTOCOL,
+                      "protocol version mismatch: the other side speaks PCCL protocol "
+                      "version %u, this side speaks version %u",
+                      unsigned(h.version), unsigned(version));
+  if (h.type < kMinType || h.type > kMaxType)
+    return PYHPC_FAIL(PYHPC_ERR_PROTOCOL, "unknown message type %u", unsigned(h.type));
+  if (h.length > max_payload(h.type))
+    return PYHPC_FAIL(PYHPC_ERR_PROTOCOL, "%s payload of %u bytes exceeds its cap of %zu",
+                      type_name(static_cast<MsgType>(h.type)), unsigned(h.length),
+                      max_payload(h.type));
+  *out = h;
+  return PYHPC_OK;
+}
+
+pyhpc_status decode_payload(const Header& h, const uint8_t* p, size_t n, Message* out) {
+  if (n != h.length)
+    return PYHPC_FAIL(PYHPC_ERR_PROTOCOL, "payload of %zu bytes, header says %u", n,
+                      unsigned(h.length));
+  MsgType t = static_cast<MsgType>(h.type);
+  const char* tn = type_name(t);
+  Reader r(p, n);
+  Message m;
+  m.type = t;
+  switch (t) {
+    case MsgType::kChallenge:
+      if (!r.bytes(m.nonce.data(), kNonceSize)) return bad(tn, "short nonce");
+      break;
+    case MsgType::kAuth:
+      if (!r.bytes(m.nonce.data(), kNonceSize) || !r.bytes(m.mac.data(), 32) ||
+          !r.uint(&m.port))
+        return bad(tn, "truncated");
+      if (!r.str(&m.text, kMaxHost)) return bad(tn, "bad host string");
+      if (!printable_host(m.text)) return bad(tn, "host is not printable ASCII");
+      break;
+    case MsgType::kAuthOk:
+      if (!r.uint(&m.id) || !r.bytes(m.mac.data(), 32)) return bad(tn, "truncated");
+      if (m.id == 0) return bad(tn, "peer id 0");
+      break;
+    case MsgType::kError:
+      if (!r.uint(&m.code)) return bad(tn, "truncated");
+      if (!r.str(&m.text, kMaxErrorText)) return bad(tn, "bad text string");
+      break;
+    case MsgType::kHeartbeat:
+    case MsgType::kUpdateRequest:
+      if (!r.uint(&m.seq)) return bad(tn, "truncated");
+      break;
+    case MsgType::kTopology: {
+      uint32_t n_peers = 0, n_dead = 0, n_left = 0;
+      if (!r.uint(&m.epoch) || !r.uint(&m.your_rank) || !r.uint(&n_peers) ||
+          !r.uint(&n_dead) || !r.uint(&n_left))
+        return bad(tn, "truncated");
+      if (n_peers == 0 || n_peers > kMaxWorld) return bad(tn, "peer count out of range");
+      if (n_dead > kMaxWorld || n_left > kMaxWorld) return bad(tn, "departed count too large");
+      if (m.your_rank >= n_peers) return bad(tn, "rank not below the world size");
+      // Each count is checked against what is left before anything is reserved.
+      if (size_t(n_dead + n_left) * 8 > r.left()) return bad(tn, "truncated id lists");
+      m.dead.resize(n_dead);
+      m.left.resize(n_left);
+      for (auto& id : m.dead) r.uint(&id);
+      for (auto& id : m.left) r.uint(&id);
+      if (size_t(n_peers) * 12 > r.left()) return bad(tn, "truncated peer list");
+      m.peers.resize(n_peers);
+      for (auto& pi : m.peers) {
+        if (!r.uint(&pi.id) || !r.uint(&pi.port) || !r.str(&pi.host, kMaxHost))
+          return bad(tn, "truncated peer entry");
+        if (pi.id == 0) return bad(tn, "peer id 0");
+        if (!printable_host(pi.host)) return bad(tn, "host is not printable ASCII");
+      }
+      std::vector<uint64_t> ids;
+      ids.reserve(n_peers);
+      for (auto& pi : m.peers) ids.push_back(pi.id);
+      std::sort(ids.begin(), ids.end());
+      if (std::adjacent_find(ids.begin(), ids.end()) != ids.end())
+        return bad(tn, "duplicate peer id");
+      break;
+    }
+    case MsgType::kPeerFailed:
+      if (!r.uint(&m.id) || !r.uint(&m.code)) return bad(tn, "truncated");
+      if (m.id == 0) return bad(tn, "peer id 0");
+      if (m.code < 1 || m.code > 3) return bad(tn, "unknown reason");
+      break;
+    case MsgType::kLeave:
+      break;
+  }
+  if (r.left() != 0) return bad(tn, "trailing bytes");
+  *out = std::move(m);
+  return PYHPC_OK;
+}
+
+pyhpc_status decode_frame(const uint8_t* p, size_t n, uint16_t version, Message* out) {
+  Header h;
+  PYHPC_CHECK(decode_header(p, n, version, &h));
+  if (n - kHeaderSize != h.length)
+    return PYHPC_FAIL(PYHPC_ERR_PROTOCOL, "frame holds %zu payload bytes, header says %u",
+                      n - kHeaderSize, unsigned(h.length));
+  PYHPC_CHECK(decode_payload(h, p + kHeaderSize, h.length, out));
+  return PYHPC_OK;
+}
+
+pyhpc_status encode(const Message& m, std::vector<uint8_t>* out, uint16_t version) {
+  std::vector<uint8_t> payload;
+  Writer w(&payload);
+  auto too_long = [](const char* what) {
+    return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "cannot encode: %s too long", what);
+  };
+  switch (m.type) {
+    case MsgType::kChallenge:
+      w.bytes(m.nonce.data(), kNonceSize);
+      break;
+    case MsgType::kAuth:
+      if (m.text.size() > kMaxHost) return too_long("host");
+      w.bytes(m.nonce.data(), kNonceSize);
+      w.bytes(m.mac.data(), 32);
+      w.uint(m.port);
+      w.str(m.text);
+      break;
+    case MsgType::kAuthOk:
+      w.uint(m.id);
+      w.bytes(m.mac.data(), 32);
+      break;
+    case MsgType::kError:
+      w.uint(m.code);
+      w.str(m.text.size() > kMaxErrorText ? m.text.substr(0, kMaxErrorText) : m.text);
+      break;
+    case MsgType::kHeartbeat:
+    case MsgType::kUpdateRequest:
+      w.uint(m.seq);
+      break;
+    case MsgType::kTopology:
+      if (m.peers.size() > kMaxWorld || m.dead.size() > kMaxWorld || m.left.size() > kMaxWorld)
+        return too_long("peer list");
+      w.uint(m.epoch);
+      w.uint(m.your_rank);
+      w.uint(uint32_t(m.peers.size()));
+      w.uint(uint32_t(m.dead.size()));
+      w.uint(uint32_t(m.left.size()));
+      for (uint64_t id : m.dead) w.uint(id);
+      for (uint64_t id : m.left) w.uint(id);
+      for (const auto& pi : m.peers) {
+        if (pi.host.size() > kMaxHost) return too_long("host");
+        w.uint(pi.id);
+        w.uint(pi.port);
+        w.str(pi.host);
+      }
+      break;
+    case MsgType::kPeerFailed:
+      w.uint(m.id);
+      w.uint(m.code);
+      break;
+    case MsgType::kLeave:
+      break;
+    default:
+      return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "cannot encode message type %u",
+                        unsigned(m.type));
+  }
+  out->clear();
+  out->reserve(kHeaderSize + payload.size());
+  Writer h(out);
+  h.uint(kMagic);
+  h.uint(version);
+  h.uint(uint16_t(m.type));
+  h.uint(uint32_t(payload.size()));
+  h.bytes(payload.data(), payload.size());
+  return PYHPC_OK;
+}
+
+}  // namespace pyhpc::ccl

@@ -1,0 +1,267 @@
+// pyhpc._ccl: bindings for the fault-tolerant TCP collectives (csrc/ccl/).
+// Bindings only: argument conversion, the GIL released around every blocking
+// call, status -> exception. No MPI here.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cctype>
+#include <cstring>
+#include <memory>
+
+#include "ccl/master.hpp"
+#include "ccl/peer.hpp"
+#include "ccl/sha256.hpp"
+#include "ccl/wire.hpp"
+#include "common/status.hpp"
+#include "python/raise_status.hpp"
+
+namespace py = pybind11;
+using namespace pyhpc::ccl;
+
+namespace {
+
+py::bytes to_bytes(const uint8_t* p, size_t n) {
+  return py::bytes(reinterpret_cast<const char*>(p), n);
+}
+
+template <size_t N>
+void fixed(const py::dict& d, const char* key, std::array<uint8_t, N>* out) {
+  if (!d.contains(key)) return;
+  std::string b = d[key].cast<std::string>();
+  if (b.size() != N)
+    pyhpc::raise_status(PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "%s must be %zu bytes", key, N));
+  std::memcpy(out->data(), b.data(), N);
+}
+
+template <typename T>
+T get(const py::dict& d, const char* key, T dflt) {
+  return d.contains(key) ? d[key].cast<T>() : dflt;
+}
+
+MsgType type_from_name(const std::string& name) {
+  for (uint16_t t = kMinType; t <= kMaxType; ++t) {
+    std::string n = type_name(static_cast<MsgType>(t));
+    for (auto& ch : n) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+    if (n == name) return static_cast<MsgType>(t);
+  }
+  pyhpc::raise_status(
+      PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "unknown message type '%s'", name.c_str()));
+}
+
+std::string lower_name(MsgType t) {
+  std::string n = type_name(t);
+  for (auto& ch : n) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+  return n;
+}
+
+py::list peer_list(const std::vector<PeerInfo>& peers) {
+  py::list l;
+  for (const auto& p : peers) l.append(py::make_tuple(p.id, p.host, p.port));
+  return l;
+}
+
+py::dict message_dict(const Message& m, uint16_t version) {
+  py::dict d;
+  d["type"] = lower_name(m.type);
+  d["version"] = version;
+  switch (m.type) {
+    case MsgType::kChallenge:
+      d["nonce"] = to_bytes(m.nonce.data(), m.nonce.size());
+      break;
+    case MsgType::kAuth:
+      d["nonce"] = to_bytes(m.nonce.data(), m.nonce.size());
+      d["mac"] = to_bytes(m.mac.data(), m.mac.size());
+      d["port"] = m.port;
+      d["host"] = m.text;
+      break;
+    case MsgType::kAuthOk:
+      d["id"] = m.id;
+      d["mac"] = to_bytes(m.mac.data(), m.mac.size());
+      break;
+    case MsgType::kError:
+      d["code"] = m.code;
+      d["text"] = py::bytes(m.text).attr("decode")("utf-8", "replace");
+      break;
+    case MsgType::kHeartbeat:
+    case MsgType::kUpdateRequest:
+      d["seq"] = m.seq;
+      break;
+    case MsgType::kTopology:
+      d["epoch"] = m.epoch;
+      d["rank"] = m.your_rank;
+      d["peers"] = peer_list(m.peers);
+      d["dead"] = m.dead;
+      d["left"] = m.left;
+      break;
+    case MsgType::kPeerFailed:
+      d["id"] = m.id;
+      d["reason"] = m.code;
+      break;
+    case MsgType::kLeave:
+      break;
+  }
+  return d;
+}
+
+Message message_from_dict(const py::dict& d) {
+  Message m;
+  m.type = type_from_name(d["type"].cast<std::string>());
+  fixed(d, "nonce", &m.nonce);
+  fixed(d, "mac", &m.mac);
+  m.id = get<uint64_t>(d, "id", 0);
+  m.seq = get<uint64_t>(d, "seq", 0);
+  m.code = get<uint16_t>(d, m.type == MsgType::kPeerFailed ? "reason" : "code", 0);
+  m.port = get<uint16_t>(d, "port", 0);
+  m.text = get<std::string>(d, m.type == MsgType::kAuth ? "host" : "text", "");
+  m.epoch = get<uint64_t>(d, "epoch", 0);
+  m.your_rank = get<uint32_t>(d, "rank", 0);
+  m.dead = get<std::vector<uint64_t>>(d, "dead", {});
+  m.left = get<std::vector<uint64_t>>(d, "left", {});
+  if (d.contains("peers"))
+    for (auto item : d["peers"]) {
+      auto t = item.cast<std::tuple<uint64_t, std::string, uint16_t>>();
+      m.peers.push_back({std::get<0>(t), std::get<2>(t), std::get<1>(t)});
+    }
+  return m;
+}
+
+py::dict topology_dict(const Topology& t) {
+  py::dict d;
+  d["epoch"] = t.epoch;
+  d["rank"] = t.rank;
+  d["peers"] = peer_list(t.peers);
+  d["dead"] = t.dead;
+  d["left"] = t.left;
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_ccl, m) {
+  m.doc() = "pyhpc fault-tolerant TCP collectives: wire protocol, master, peer (no MPI)";
+  m.attr("PROTOCOL_VERSION") = kProtocolVersion;
+  m.attr("MAGIC") = kMagic;
+  m.attr("HEADER_SIZE") = kHeaderSize;
+  m.attr("MAX_WORLD") = kMaxWorld;
+  m.attr("MAX_FRAME") = max_frame();
+
+  m.def("sha256", [](py::bytes data) {
+    std::string s = data;
+    Digest d = sha256(s.data(), s.size());
+    return to_bytes(d.data(), d.size());
+  }, py::arg("data"), "SHA-256 of data (FIPS 180-4).");
+  m.def("hmac_sha256", [](py::bytes key, py::bytes msg) {
+    Digest d = hmac_sha256(std::string(key), std::string(msg));
+    return to_bytes(d.data(), d.size());
+  }, py::arg("key"), py::arg("message"), "HMAC-SHA256 (RFC 2104).");
+
+  m.def("decode", [](py::bytes frame, uint16_t version) {
+    std::string s = frame;
+    Message msg;
+    pyhpc_status st;
+    {
+      py::gil_scoped_release release;
+      st = decode_frame(reinterpret_cast<const uint8_t*>(s.data()), s.size(), version, &msg);
+    }
+    pyhpc::check(st);
+    return message_dict(msg, version);
+  }, py::arg("frame"), py::arg("version") = kProtocolVersion,
+     "Decode exactly one frame into a dict; ProtocolError if it is malformed.");
+  m.def("encode", [](py::dict d, uint16_t version) {
+    Message msg = message_from_dict(d);
+    std::vector<uint8_t> out;
+    pyhpc::check(encode(msg, &out, version));
+    return to_bytes(out.data(), out.size());
+  }, py::arg("message"), py::arg("version") = kProtocolVersion,
+     "Encode a message dict (as decode returns) into one frame.");
+  m.def("max_payload", &max_payload, py::arg("type"));
+
+  py::class_<Master>(m, "Master")
+      .def(py::init([](const std::string& host, uint16_t port, py::bytes secret,
+                       double heartbeat_timeout, double handshake_timeout, size_t max_clients) {
+             MasterOptions o;
+             o.host = host;
+             o.port = port;
+             o.secret = secret;
+             o.heartbeat_timeout = heartbeat_timeout;
+             o.handshake_timeout = handshake_timeout;
+             o.max_clients = max_clients;
+             return std::make_unique<Master>(o);
+           }),
+           py::arg("host"), py::arg("port"), py::arg("secret"), py::arg("heartbeat_timeout"),
+           py::arg("handshake_timeout"), py::arg("max_clients"))
+      .def("start", [](Master& self) { pyhpc::check(self.start()); })
+      .def("stop", [](Master& self) {
+        py::gil_scoped_release release;
+        self.stop();
+      })
+      .def_property_readonly("port", &Master::port)
+      .def_property_readonly("host", &Master::host)
+      .def("stats", [](const Master& self) {
+        MasterStats s = self.stats();
+        py::dict d;
+        d["epoch"] = s.epoch;
+        d["members"] = s.members;
+        d["pending"] = s.pending;
+        py::list f;
+        for (const auto& x : s.failures)
+          f.append(py::make_tuple(x.id, static_cast<int>(x.reason), x.unix_time));
+        d["failures"] = f;
+        d["rejected"] = s.rejected;
+        return d;
+      });
+
+  py::class_<Peer>(m, "Peer")
+      .def(py::init<>())
+      .def("connect",
+           [](Peer& self, const std::string& host, uint16_t port, py::bytes secret,
+              double connect_timeout, double heartbeat_interval,
+              const std::string& advertise_host, uint16_t advertise_port,
+              uint16_t protocol_version) {
+             PeerOptions o;
+             o.host = host;
+             o.port = port;
+             o.secret = secret;
+             o.connect_timeout = connect_timeout;
+             o.heartbeat_interval = heartbeat_interval;
+             o.advertise_host = advertise_host;
+             o.advertise_port = advertise_port;
+             o.protocol_version = protocol_version;
+             pyhpc_status s;
+             {
+               py::gil_scoped_release release;
+               s = self.connect(o);
+             }
+             pyhpc::check(s);
+           },
+           py::arg("host"), py::arg("port"), py::arg("secret"), py::arg("connect_timeout"),
+           py::arg("heartbeat_interval"), py::arg("advertise_host"), py::arg("advertise_port"),
+           py::arg("protocol_version") = kProtocolVersion)
+      .def("update_topology", [](Peer& self, double timeout) {
+        Topology t;
+        pyhpc_status s;
+        {
+          py::gil_scoped_release release;
+          s = self.update_topology(timeout, &t);
+        }
+        pyhpc::check(s);
+        return topology_dict(t);
+      }, py::arg("timeout"))
+      .def("topology", [](const Peer& self) { return topology_dict(self.topology()); })
+      .def("take_failures", &Peer::take_failures)
+      .def("health", [](const Peer& self) { pyhpc::check(self.health()); })
+      .def("leave", [](Peer& self) {
+        pyhpc_status s;
+        {
+          py::gil_scoped_release release;
+          s = self.leave();
+        }
+        pyhpc::check(s);
+      })
+      .def("close", [](Peer& self) {
+        py::gil_scoped_release release;
+        self.close();
+      })
+      .def_property_readonly("id", &Peer::id)
+      .def_property_readonly("admitted", &Peer::admitted);
+}

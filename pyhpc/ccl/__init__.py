@@ -1,0 +1,289 @@
+"""Fault-tolerant collectives over TCP (after PCCL): membership first.
+
+A :class:`Master` tracks who is in the run; :class:`Communicator` is one peer.
+Peers prove a shared secret to the master (challenge + HMAC-SHA256, both
+ways), send a heartbeat every ``heartbeat_interval`` seconds, and may join at
+any time: a new peer is admitted at the next :meth:`Communicator.update_topology`,
+which is collective over the current members (it returns once every live
+member has called it). A peer whose connection closes is dead at once; one
+silent for ``heartbeat_timeout`` seconds (frozen, partitioned) is declared
+dead. Dead peers are removed at the next update and reported by id::
+
+    from pyhpc.ccl import Communicator
+    comm = Communicator("10.0.0.1:4000", secret=b"...").connect()
+    while comm.world_size < 4:
+        comm.update_topology()
+    print(comm.rank, comm.world_size, comm.peers)
+
+With no master address the communicator starts a master in this process
+(``comm.master``), whose address other peers can join. ``pyhpc master --port P
+--secret-file F`` runs a stand-alone master.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets as _secrets
+from typing import Optional, Sequence, Union
+
+from .. import _ccl
+from ..errors import InvalidArgumentError, PeerError
+
+PROTOCOL_VERSION: int = _ccl.PROTOCOL_VERSION
+DEFAULT_HEARTBEAT_INTERVAL = 0.1
+DEFAULT_HEARTBEAT_TIMEOUT = 2.0
+DEFAULT_HANDSHAKE_TIMEOUT = 2.0
+DEFAULT_UPDATE_TIMEOUT = 60.0
+
+Secret = Union[bytes, str]
+
+__all__ = [
+    "Master", "Communicator", "PeerInfo", "TopologyUpdate", "PeerFailure", "PROTOCOL_VERSION",
+    "parse_address",
+]
+
+
+class PeerFailure(PeerError):
+    """Peers of the run failed (died, froze or were cut off); ``peer_ids`` names them."""
+
+    def __init__(self, message: str = "", status=None, peer_ids: Sequence[int] = ()) -> None:
+        super().__init__(message, status)
+        self.peer_ids = list(peer_ids)
+
+    def __reduce__(self):
+        return (type(self), (self.message, int(self.status), self.peer_ids))
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerInfo:
+    rank: int
+    id: int
+    host: str
+    port: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TopologyUpdate:
+    """What one :meth:`Communicator.update_topology` changed."""
+
+    epoch: int
+    world_size: int
+    rank: int
+    peers: list  # PeerInfo in rank order
+    joined: list  # ids admitted by this update (this peer too, on its first)
+    dead: list  # ids removed because they failed
+    left: list  # ids removed because they left
+
+
+def _secret_bytes(secret: Secret | None, what: str) -> bytes:
+    if secret is None:
+        raise InvalidArgumentError(f"{what}: a shared secret is needed (bytes or str)")
+    if isinstance(secret, str):
+        secret = secret.encode()
+    if not isinstance(secret, (bytes, bytearray)) or len(secret) == 0:
+        raise InvalidArgumentError(f"{what}: the secret must be non-empty bytes or str")
+    return bytes(secret)
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``"host:port"`` (``"[v6]:port"`` too) -> (host, port)."""
+    host, sep, port = str(address).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgumentError(f"master address: expected 'host:port', got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+class Master:
+    """The membership master, served by a C++ thread of this process."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, secret: Secret | None = None,
+                 heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
+                 handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+                 max_clients: int = 1024) -> None:
+        if heartbeat_timeout <= 0 or handshake_timeout <= 0:
+            raise InvalidArgumentError("heartbeat_timeout and handshake_timeout must be > 0")
+        if not 0 <= int(port) < 65536:
+            raise InvalidArgumentError(f"port: {port} is not a TCP port")
+        self.secret = _secret_bytes(_secrets.token_bytes(32) if secret is None else secret,
+                                    "Master")
+        self.heartbeat_timeout = float(heartbeat_timeout)
+        self._impl = _ccl.Master(host, int(port), self.secret, float(heartbeat_timeout),
+                                 float(handshake_timeout), int(max_clients))
+        self._running = False
+
+    def start(self) -> "Master":
+        if not self._running:
+            self._impl.start()
+            self._running = True
+        return self
+
+    def stop(self) -> None:
+        if self._running:
+            self._impl.stop()
+            self._running = False
+
+    @property
+    def host(self) -> str:
+        return self._impl.host
+
+    @property
+    def port(self) -> int:
+        return self._impl.port
+
+    @property
+    def address(self) -> str:
+        host = self._impl.host
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    def stats(self) -> dict:
+        """epoch, members (ids, rank order), pending (ids), failures [(id, reason, unix time)],
+        rejected (connections dropped at or before authentication)."""
+        return self._impl.stats()
+
+    def __enter__(self) -> "Master":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __del__(self) -> None:
+        try:
+            self.stop()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+
+class Communicator:
+    """One peer of a fault-tolerant run.
+
+    ``master`` is ``"host:port"`` or a :class:`Master`; ``None`` starts a master
+    in this process (``self.master``; its secret is ``secret`` or a random one).
+    """
+
+    def __init__(self, master: str | Master | None = None, secret: Secret | None = None, *,
+                 connect_timeout: float = 5.0,
+                 heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+                 heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
+                 update_timeout: float = DEFAULT_UPDATE_TIMEOUT,
+                 advertise_host: str = "", advertise_port: int = 0,
+                 _protocol_version: int = PROTOCOL_VERSION) -> None:
+        self.master: Optional[Master] = None
+        if master is None:
+            self.master = Master(secret=secret, heartbeat_timeout=heartbeat_timeout).start()
+            self._host, self._port = self.master.host, self.master.port
+            self._secret = self.master.secret
+        elif isinstance(master, Master):
+            self._host, self._port = master.host, master.port
+            self._secret = master.secret if secret is None else _secret_bytes(secret,
+                                                                                "Communicator")
+        else:
+            self._host, self._port = parse_address(master)
+            self._secret = _secret_bytes(secret, "Communicator")
+        if heartbeat_interval <= 0 or connect_timeout <= 0 or update_timeout <= 0:
+            raise InvalidArgumentError("intervals and timeouts must be > 0")
+        self._connect_timeout = float(connect_timeout)
+        self._heartbeat_interval = float(heartbeat_interval)
+        self.update_timeout = float(update_timeout)
+        self._advertise = (advertise_host, int(advertise_port))
+        self._version = int(_protocol_version)
+        self._impl = _ccl.Peer()
+        self._connected = False
+        self._ids: set[int] = set()
+        self._failed: list[int] = []
+
+    @property
+    def master_address(self) -> str:
+        return f"[{self._host}]:{self._port}" if ":" in self._host else f"{self._host}:{self._port}"
+
+    def connect(self) -> "Communicator":
+        """Connect and authenticate; the peer then waits to be admitted."""
+        self._impl.connect(self._host, self._port, self._secret, self._connect_timeout,
+                           self._heartbeat_interval, self._advertise[0], self._advertise[1],
+                           self._version)
+        self._connected = True
+        return self
+
+    def update_topology(self, timeout: float | None = None) -> TopologyUpdate:
+        """Collective with every live member: admit waiting peers, drop dead ones.
+
+        Raises pyhpc.TimeoutError after ``timeout`` (default ``update_timeout``)
+        seconds; calling again waits for the same update.
+        """
+        if not self._connected:
+            self.connect()
+        t = self._impl.update_topology(self.update_timeout if timeout is None else float(timeout))
+        peers = [PeerInfo(rank, pid, host, port) for rank, (pid, host, port) in
+                 enumerate(t["peers"])]
+        ids = {p.id for p in peers}
+        joined = sorted(ids - self._ids)
+        self._ids = ids
+        self._drain_failures()
+        gone = set(t["dead"]) | set(t["left"])
+        self._failed = [i for i in self._failed if i not in gone]
+        return TopologyUpdate(t["epoch"], len(peers), t["rank"], peers, joined,
+                              list(t["dead"]), list(t["left"]))
+
+    @property
+    def id(self) -> int:
+        """This peer's id, assigned by the master at authentication (0 before)."""
+        return self._impl.id
+
+    @property
+    def admitted(self) -> bool:
+        return self._impl.admitted
+
+    @property
+    def world_size(self) -> int:
+        """Members after the last update (0 before this peer is admitted)."""
+        return len(self._impl.topology()["peers"]) if self._impl.admitted else 0
+
+    @property
+    def rank(self) -> Optional[int]:
+        return self._impl.topology()["rank"] if self._impl.admitted else None
+
+    @property
+    def peers(self) -> list:
+        if not self._impl.admitted:
+            return []
+        return [PeerInfo(rank, pid, host, port)
+                for rank, (pid, host, port) in enumerate(self._impl.topology()["peers"])]
+
+    def _drain_failures(self) -> None:
+        for pid in self._impl.take_failures():
+            if pid not in self._failed:
+                self._failed.append(pid)
+
+    def failed_peers(self) -> list:
+        """Members the master declared dead since the last update (ids)."""
+        self._drain_failures()
+        return list(self._failed)
+
+    def raise_if_failed(self) -> None:
+        """Raise :class:`PeerFailure` if a member failed since the last update,
+        or the error that cut this peer from the master."""
+        self._impl.health()
+        failed = self.failed_peers()
+        if failed:
+            raise PeerFailure(f"peer(s) {', '.join(map(str, failed))} failed; call "
+                              f"update_topology() to continue without them", peer_ids=failed)
+
+    def leave(self) -> None:
+        """Leave the run gracefully (reported to the others as left, not dead)."""
+        self._impl.leave()
+        self._stop_master()
+
+    def close(self) -> None:
+        self._impl.close()
+        self._stop_master()
+
+    def _stop_master(self) -> None:
+        if self.master is not None:
+            self.master.stop()
+
+    def __enter__(self) -> "Communicator":
+        if not self._connected:
+            self.connect()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.leave()
