@@ -377,7 +377,7 @@ def test_garbage_and_silent_clients_are_dropped(master):
         for s in silent:
             assert _closed_within(s, 3.0), "a silent client was not dropped"
         silent_s = time.monotonic() - t0
-        assert silent_s < 0.5 + 0.5, silent_s
+        assert silent_s < 0.5 + 1.0, silent_s  # the handshake deadline, plus scheduling slack
         ups = collective_update(comms)
         assert all(u.world_size == 2 and not u.dead for u in ups)
         assert master.stats()["rejected"] == len(garbage) + len(silent)

@@ -281,8 +281,8 @@ void Master::handle(Client& c, const Message& m) {
     c.port = m.port;
     c.join = next_join_++;
     c.state = ClientState::kPending;
+    publish();  // before AUTH_OK can reach the peer: it may ask for stats() at once
     queue(c, ok);
-    publish();
     return;
   }
   switch (m.type) {
