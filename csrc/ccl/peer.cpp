@@ -244,6 +244,11 @@ std::vector<uint64_t> Peer::take_failures() {
   return out;
 }
 
+std::vector<uint64_t> Peer::peek_failures() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return failures_;
+}
+
 pyhpc_status Peer::leave() {
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -58,6 +58,8 @@ class Peer {
   Topology topology() const;
   // Peers the master reported failed since the last call (ids).
   std::vector<uint64_t> take_failures();
+  // The same, without clearing them (the data plane polls this mid-operation).
+  std::vector<uint64_t> peek_failures() const;
   // OK while connected; else why not (and the message through last_error()).
   pyhpc_status health() const;
 

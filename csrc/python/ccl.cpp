@@ -10,6 +10,7 @@
 
 #include "ccl/master.hpp"
 #include "ccl/peer.hpp"
+#include "ccl/ring.hpp"
 #include "ccl/sha256.hpp"
 #include "ccl/wire.hpp"
 #include "common/status.hpp"
@@ -264,4 +265,52 @@ PYBIND11_MODULE(_ccl, m) {
       })
       .def_property_readonly("id", &Peer::id)
       .def_property_readonly("admitted", &Peer::admitted);
+
+  py::class_<DataPlane>(m, "DataPlane")
+      .def(py::init<>())
+      .def("start", [](DataPlane& self, const std::string& host, py::bytes secret,
+                       uint16_t version) { pyhpc::check(self.start(host, secret, version)); },
+           py::arg("host"), py::arg("secret"), py::arg("protocol_version") = kProtocolVersion)
+      .def("stop", [](DataPlane& self) {
+        py::gil_scoped_release release;
+        self.stop();
+      })
+      .def_property_readonly("port", &DataPlane::port)
+      // Returns ([], "") on success, (failed peer ids, message) on a peer
+      // failure; raises for anything else. Pointers: the caller keeps the
+      // arrays alive and checks their size.
+      .def("all_reduce",
+           [](DataPlane& self, Peer& peer, uintptr_t in, uintptr_t out, uint64_t count,
+              int dtype, int op, uint32_t tag, double timeout, size_t chunk_bytes,
+              double test_chunk_delay) {
+             if (dtype < 1 || dtype > 6 || op < 1 || op > 4)
+               pyhpc::raise_status(
+                   PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "bad dtype %d or op %d", dtype, op));
+             AllReduceArgs a;
+             a.in = reinterpret_cast<const void*>(in);
+             a.out = reinterpret_cast<void*>(out);
+             a.count = count;
+             a.dtype = static_cast<DType>(dtype);
+             a.op = static_cast<ReduceOp>(op);
+             a.tag = tag;
+             a.timeout_s = timeout;
+             a.chunk_bytes = chunk_bytes;
+             a.test_chunk_delay_s = test_chunk_delay;
+             std::vector<uint64_t> failed;
+             pyhpc_status s;
+             {
+               py::gil_scoped_release release;
+               s = self.all_reduce(peer, a, &failed);
+             }
+             if (s == PYHPC_ERR_PEER && !failed.empty()) {
+               std::string why = pyhpc::last_error();
+               pyhpc::clear_last_error();
+               return py::object(py::make_tuple(failed, why));
+             }
+             pyhpc::check(s);
+             return py::object(py::make_tuple(failed, std::string()));
+           },
+           py::arg("peer"), py::arg("inp"), py::arg("out"), py::arg("count"), py::arg("dtype"),
+           py::arg("op"), py::arg("tag"), py::arg("timeout"), py::arg("chunk_bytes"),
+           py::arg("test_chunk_delay") = 0.0);
 }

@@ -1,4 +1,4 @@
-"""Fault-tolerant collectives over TCP (after PCCL): membership first.
+"""Fault-tolerant collectives over TCP (after PCCL): membership and all-reduce.
 
 A :class:`Master` tracks who is in the run; :class:`Communicator` is one peer.
 Peers prove a shared secret to the master (challenge + HMAC-SHA256, both
@@ -15,6 +15,20 @@ dead. Dead peers are removed at the next update and reported by id::
         comm.update_topology()
     print(comm.rank, comm.world_size, comm.peers)
 
+:meth:`Communicator.all_reduce` is a ring all-reduce over the members, on
+authenticated peer-to-peer TCP connections (the data plane, csrc/ccl/ring.hpp).
+If a member dies, freezes or the operation's deadline passes, every survivor
+raises :class:`PeerFailure` naming it, with its input and output untouched;
+call :meth:`~Communicator.update_topology` and retry: the result is then the
+reduction over exactly the survivors::
+
+    while True:
+        try:
+            comm.all_reduce(grads, op="avg")
+            break
+        except PeerFailure:
+            comm.update_topology()
+
 With no master address the communicator starts a master in this process
 (``comm.master``), whose address other peers can join. ``pyhpc master --port P
 --secret-file F`` runs a stand-alone master.
@@ -24,7 +38,10 @@ from __future__ import annotations
 
 import dataclasses
 import secrets as _secrets
+import threading
 from typing import Optional, Sequence, Union
+
+import numpy as np
 
 from .. import _ccl
 from ..errors import InvalidArgumentError, PeerError
@@ -34,12 +51,24 @@ DEFAULT_HEARTBEAT_INTERVAL = 0.1
 DEFAULT_HEARTBEAT_TIMEOUT = 2.0
 DEFAULT_HANDSHAKE_TIMEOUT = 2.0
 DEFAULT_UPDATE_TIMEOUT = 60.0
+DEFAULT_OP_TIMEOUT = 30.0
+DEFAULT_CHUNK_BYTES = 1 << 19
+_MAX_TAG = 2**32 - 1
+
+_OPS = {"sum": 1, "avg": 2, "min": 3, "max": 4}
+_DTYPES = {np.dtype(np.float16): 1, np.dtype(np.float32): 3, np.dtype(np.float64): 4,
+           np.dtype(np.int32): 5, np.dtype(np.int64): 6}
+try:  # bfloat16 is optional
+    import ml_dtypes as _ml_dtypes
+    _DTYPES[np.dtype(_ml_dtypes.bfloat16)] = 2
+except ImportError:  # pragma: no cover - depends on the environment
+    _ml_dtypes = None
 
 Secret = Union[bytes, str]
 
 __all__ = [
     "Master", "Communicator", "PeerInfo", "TopologyUpdate", "PeerFailure", "PROTOCOL_VERSION",
-    "parse_address",
+    "parse_address", "AllReduceHandle",
 ]
 
 
@@ -91,6 +120,36 @@ def parse_address(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InvalidArgumentError(f"master address: expected 'host:port', got {address!r}")
     return host.strip("[]"), int(port)
+
+
+class AllReduceHandle:
+    """An all-reduce running on a background thread; :meth:`wait` returns its
+    result or raises what it raised (PeerFailure included)."""
+
+    def __init__(self, fn, *args, **kwargs) -> None:
+        self._result = None
+        self._error: Optional[BaseException] = None
+
+        def body():
+            try:
+                self._result = fn(*args, **kwargs)
+            except BaseException as e:  # noqa: BLE001 - handed to wait()
+                self._error = e
+
+        self._thread = threading.Thread(target=body, name="ccl-all-reduce", daemon=True)
+        self._thread.start()
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None):
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            from ..errors import TimeoutError as _Timeout
+            raise _Timeout("all_reduce_async: still running after wait(timeout)")
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 class Master:
@@ -187,6 +246,8 @@ class Communicator:
         self._advertise = (advertise_host, int(advertise_port))
         self._version = int(_protocol_version)
         self._impl = _ccl.Peer()
+        self._data = _ccl.DataPlane()
+        self.op_timeout = DEFAULT_OP_TIMEOUT
         self._connected = False
         self._ids: set[int] = set()
         self._failed: list[int] = []
@@ -196,9 +257,20 @@ class Communicator:
         return f"[{self._host}]:{self._port}" if ":" in self._host else f"{self._host}:{self._port}"
 
     def connect(self) -> "Communicator":
-        """Connect and authenticate; the peer then waits to be admitted."""
+        """Connect and authenticate; the peer then waits to be admitted.
+
+        Starts this peer's data-plane listener first and advertises its port
+        (on 127.0.0.1 when the master is on loopback, else on every interface)."""
+        host, port = self._advertise
+        if host:
+            listen = host
+        elif self._host in ("127.0.0.1", "localhost", "::1"):
+            listen = "127.0.0.1" if self._host != "::1" else "::1"
+        else:
+            listen = "0.0.0.0"
+        self._data.start(listen, self._secret, self._version)
         self._impl.connect(self._host, self._port, self._secret, self._connect_timeout,
-                           self._heartbeat_interval, self._advertise[0], self._advertise[1],
+                           self._heartbeat_interval, host, port or self._data.port,
                            self._version)
         self._connected = True
         return self
@@ -267,13 +339,84 @@ class Communicator:
             raise PeerFailure(f"peer(s) {', '.join(map(str, failed))} failed; call "
                               f"update_topology() to continue without them", peer_ids=failed)
 
+    @property
+    def data_port(self) -> int:
+        """The TCP port of this peer's data plane (0 before connect)."""
+        return self._data.port
+
+    def all_reduce(self, array, op: str = "sum", out=None, tag: int = 0,
+                   timeout: float | None = None, *, _chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                   _chunk_delay: float = 0.0):
+        """Reduce ``array`` over every member (blocking); returns the result.
+
+        op: "sum", "avg" (sum / world size; floor division for integers), "min",
+        "max". dtypes: float16, bfloat16 (with ml_dtypes), float32, float64,
+        int32, int64; C-contiguous numpy arrays, the same size, dtype and op on
+        every peer (checked: all peers raise InvalidArgumentError otherwise).
+        Result in place, or in ``out`` (same shape and dtype; ``array`` is then
+        untouched). 16-bit floats are accumulated in float32 and rounded once.
+        Every peer gets bit-identical results.
+
+        On :class:`PeerFailure` (a member died, froze, or ``timeout`` seconds,
+        default ``op_timeout``, passed) ``array`` and ``out`` are untouched:
+        call :meth:`update_topology` and retry. ``tag`` (0..2**32-1) selects the
+        channel: operations with different tags may run at the same time from
+        different threads; the ones with one tag run in the order called, which
+        must be the same on every peer.
+        """
+        if not self._connected or not self._impl.admitted:
+            raise InvalidArgumentError("all_reduce: not admitted yet; call update_topology()")
+        if op not in _OPS:
+            raise InvalidArgumentError(f"all_reduce: op must be one of {sorted(_OPS)}, got {op!r}")
+        if not isinstance(array, np.ndarray):
+            raise InvalidArgumentError(f"all_reduce: expected a numpy array, got {type(array).__name__}")
+        code = _DTYPES.get(array.dtype)
+        if code is None:
+            names = ", ".join(sorted(str(d) for d in _DTYPES))
+            raise InvalidArgumentError(f"all_reduce: unsupported dtype {array.dtype} (supported: "
+                                       f"{names}{'' if _ml_dtypes else '; bfloat16 needs ml_dtypes'})")
+        if not array.flags.c_contiguous:
+            raise InvalidArgumentError("all_reduce: the array must be C-contiguous "
+                                       "(np.ascontiguousarray makes a copy)")
+        if out is None:
+            out = array
+        elif (not isinstance(out, np.ndarray) or out.dtype != array.dtype
+              or out.shape != array.shape or not out.flags.c_contiguous):
+            raise InvalidArgumentError("all_reduce: out must be a C-contiguous array of the "
+                                       "input's shape and dtype")
+        if not out.flags.writeable:
+            raise InvalidArgumentError("all_reduce: the output array is read-only")
+        if not isinstance(tag, (int, np.integer)) or not 0 <= int(tag) <= _MAX_TAG:
+            raise InvalidArgumentError(f"all_reduce: tag must be an int in 0..{_MAX_TAG}")
+        timeout = self.op_timeout if timeout is None else float(timeout)
+        if timeout <= 0:
+            raise InvalidArgumentError("all_reduce: timeout must be > 0")
+        self.raise_if_failed()
+        failed, why = self._data.all_reduce(
+            self._impl, array.ctypes.data, out.ctypes.data, array.size, code, _OPS[op],
+            int(tag), timeout, int(_chunk_bytes), float(_chunk_delay))
+        if failed:
+            raise PeerFailure(f"all_reduce: peer(s) {', '.join(map(str, failed))} failed ({why}); "
+                              f"inputs restored; call update_topology() and retry",
+                              peer_ids=failed)
+        return out
+
+    def all_reduce_async(self, array, op: str = "sum", out=None, tag: int = 0,
+                         timeout: float | None = None, **kw) -> AllReduceHandle:
+        """:meth:`all_reduce` on a background thread; ``.wait()`` returns the result.
+        Don't touch ``array``/``out`` until then. Give concurrent operations
+        different tags."""
+        return AllReduceHandle(self.all_reduce, array, op, out, tag, timeout, **kw)
+
     def leave(self) -> None:
         """Leave the run gracefully (reported to the others as left, not dead)."""
         self._impl.leave()
+        self._data.stop()
         self._stop_master()
 
     def close(self) -> None:
         self._impl.close()
+        self._data.stop()
         self._stop_master()
 
     def _stop_master(self) -> None:

@@ -1,0 +1,126 @@
+// The data plane of the fault-tolerant TCP collectives: a ring all-reduce
+// between peers, over their own authenticated TCP connections.
+//
+// Every peer listens on a TCP port (advertised to the master in AUTH and
+// forwarded to everyone in TOPOLOGY). An all-reduce with tag T in topology
+// epoch E uses one channel: a connection to the right neighbour (rank+1) for
+// sending and one from the left neighbour (rank-1) for receiving, dialled
+// lazily at the first operation of (E, T). A channel is authenticated with the
+// shared secret in both directions before any data flows:
+//
+//   acceptor -> dialer  DATA_CHALLENGE  nonce[32]
+//   dialer -> acceptor  DATA_HELLO      client_nonce[32] mac[32] u64 from_id u64 epoch u32 tag
+//                       mac = HMAC(secret, "pccl-data" || nonce || client_nonce || from_id
+//                                  || epoch || tag)   (integers little-endian)
+//   acceptor -> dialer  DATA_OK         proof[32] = HMAC(secret, "pccl-data-ok" || client_nonce
+//                                                        || nonce)
+//
+// A wrong MAC, a malformed frame or silence for 2 s closes the connection.
+// Frames use the 12-byte header of wire.hpp (magic, version, type, length) with
+// data-plane types only (decode_data_header refuses control types, and the
+// control decoder refuses these), every length checked against its cap and
+// then against the exact length the schedule expects:
+//
+//   OP    u64 epoch u64 seq u32 tag u32 origin_rank u8 dtype u8 op u64 count
+//   DATA  u64 seq u32 tag u32 step u32 chunk u32 zero, then the chunk's bytes
+//
+// One operation: (1) the OP descriptors go round the ring (n-1 steps) so every
+// peer sees every peer's dtype/op/count and all fail alike on a mismatch;
+// (2) 2(n-1) ring steps (reduce-scatter, then all-gather), each segment cut
+// into chunks, a chunk of step s+1 sent as soon as the same chunk of step s
+// arrived (pipelined). The reduction runs into a private work buffer (float32
+// for 16-bit floats); the caller's output is written only after the last
+// chunk arrived, so a failure leaves input and output untouched.
+//
+// Segment k is reduced in one fixed order (peer k first, then k+1, ...) by one
+// peer and then copied to all: every peer ends bit-identical.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "ccl/net.hpp"
+#include "ccl/peer.hpp"
+#include "common/status.hpp"
+
+namespace pyhpc::ccl {
+
+enum class DType : uint8_t { kF16 = 1, kBF16 = 2, kF32 = 3, kF64 = 4, kI32 = 5, kI64 = 6 };
+enum class ReduceOp : uint8_t { kSum = 1, kAvg = 2, kMin = 3, kMax = 4 };
+
+constexpr uint16_t kDataChallenge = 10;
+constexpr uint16_t kDataHello = 11;
+constexpr uint16_t kDataOk = 12;
+constexpr uint16_t kDataOp = 13;
+constexpr uint16_t kData = 14;
+constexpr size_t kDataSubHeader = 24;
+constexpr size_t kMaxChunkBytes = size_t(64) << 20;
+
+// Validates a data-plane frame header: magic, version, a data-plane type, and
+// the length cap of that type.
+pyhpc_status decode_data_header(const uint8_t* p, size_t n, uint16_t version, Header* out);
+
+size_t dtype_size(DType t);
+
+struct AllReduceArgs {
+  const void* in = nullptr;
+  void* out = nullptr;  // may equal in
+  uint64_t count = 0;
+  DType dtype = DType::kF32;
+  ReduceOp op = ReduceOp::kSum;
+  uint32_t tag = 0;
+  double timeout_s = 30.0;
+  size_t chunk_bytes = size_t(1) << 19;
+  double test_chunk_delay_s = 0;  // tests: sleep after each chunk received
+};
+
+class DataPlane {
+ public:
+  DataPlane();
+  ~DataPlane();
+  DataPlane(const DataPlane&) = delete;
+  DataPlane& operator=(const DataPlane&) = delete;
+
+  pyhpc_status start(const std::string& host, const std::string& secret,
+                     uint16_t version = kProtocolVersion);
+  void stop();
+  uint16_t port() const { return port_; }
+
+  // Blocking ring all-reduce over the peer's current topology. On
+  // PYHPC_ERR_PEER (a member died, froze, or a deadline passed) `failed` names
+  // the failed members (the master's word when it has spoken, else the
+  // neighbours this peer was waiting on); input and output are untouched and
+  // the channel stays aborted until the next topology epoch.
+  pyhpc_status all_reduce(Peer& peer, const AllReduceArgs& a, std::vector<uint64_t>* failed);
+
+ private:
+  struct Channel;
+  using Key = std::tuple<uint64_t, uint64_t, uint32_t>;  // from_id, epoch, tag
+  void accept_loop();
+  void handshake(int fd);
+  Channel* channel(uint32_t tag);
+  pyhpc_status setup(Peer& peer, Channel& ch, const Topology& t, uint32_t tag,
+                     Clock::time_point deadline, std::vector<uint64_t>* failed);
+
+  std::string secret_;
+  uint16_t version_ = kProtocolVersion;
+  int listen_fd_ = -1;
+  int wake_[2] = {-1, -1};
+  uint16_t port_ = 0;
+  std::thread thread_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::map<Key, int> pending_;  // authenticated incoming connections not yet claimed
+  std::map<uint32_t, std::unique_ptr<Channel>> channels_;
+};
+
+}  // namespace pyhpc::ccl

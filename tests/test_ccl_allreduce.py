@@ -1,0 +1,393 @@
+"""pyhpc.ccl ring all-reduce with real peer processes on 127.0.0.1: every op and
+dtype against numpy for 2, 3 and 4 peers, bit-identical results across peers,
+kill -9 and SIGSTOP of a peer mid-operation (abort, restore, retry over the
+survivors), a stranger refused at a data port, mismatched arguments, tags.
+The master runs in this process; each peer is a `python -c` child driven over
+stdin/stdout (see test_ccl_procs.py); results travel as .npy files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import pyhpc
+from pyhpc import _ccl
+from pyhpc.ccl import Communicator, Master, PeerFailure
+
+from test_ccl_procs import PeerProc, SECRET  # noqa: F401 - the same peer harness
+
+pytestmark = pytest.mark.timeout(90)
+
+try:
+    import ml_dtypes
+    BF16 = [np.dtype(ml_dtypes.bfloat16)]
+except ImportError:
+    BF16 = []
+DTYPES = [np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int32, np.int64)] + BF16
+OPS = ["sum", "avg", "min", "max"]
+
+
+def make_input(pid: int, dtype: str, size: int, seed: int, kind: str) -> np.ndarray:
+    """The input of peer `pid`; the test and the peer compute it alike."""
+    rng = np.random.default_rng(seed * 100003 + pid)
+    dt = np.dtype(getattr(ml_dtypes, dtype) if dtype == "bfloat16" else dtype)
+    if kind == "random" and dt.kind == "f":
+        return rng.standard_normal(size).astype(dt)
+    return rng.integers(-50, 51, size).astype(dt)  # exact in every dtype and any order
+
+
+ALLREDUCE_DRIVER = r"""
+import json, sys, time, traceback
+import numpy as np
+from pyhpc.ccl import Communicator, PeerFailure
+sys.path.insert(0, sys.argv[4])
+from test_ccl_allreduce import make_input
+addr, secret, hb = sys.argv[1], sys.argv[2], float(sys.argv[3])
+c = Communicator(addr, secret=secret, heartbeat_interval=hb).connect()
+def out(**kw):
+    print(json.dumps(kw), flush=True)
+out(event="connected", id=c.id)
+for line in sys.stdin:
+    cmd = line.split(None, 1)
+    try:
+        if cmd[0] == "grow":
+            n = int(cmd[1])
+            while True:
+                u = c.update_topology(timeout=15)
+                if u.world_size >= n:
+                    break
+            out(event="update", world=u.world_size, rank=u.rank, ids=[p.id for p in u.peers],
+                port=c.data_port)
+        elif cmd[0] == "update":
+            u = c.update_topology(timeout=15)
+            out(event="update", world=u.world_size, rank=u.rank, ids=[p.id for p in u.peers],
+                dead=u.dead)
+        elif cmd[0] == "ar":
+            spec = json.loads(cmd[1])
+            a = make_input(c.id, spec["dtype"], spec["size"], spec["seed"], spec["kind"])
+            if spec.get("size_override") is not None:
+                a = a[:spec["size_override"]].copy()
+            orig = a.copy()
+            res = np.zeros_like(a) if spec.get("out") else None
+            t0 = time.time()
+            try:
+                r = c.all_reduce(a, op=spec["op"], out=res, tag=spec.get("tag", 0),
+                                 timeout=spec.get("timeout", 20),
+                                 _chunk_bytes=spec.get("chunk", 1 << 19),
+                                 _chunk_delay=spec.get("delay", 0.0))
+            except PeerFailure as e:
+                out(event="peer_failure", ids=e.peer_ids, msg=str(e), t=time.time() - t0,
+                    restored=bool(a.tobytes() == orig.tobytes()),
+                    out_untouched=res is None or not res.any())
+                continue
+            if res is not None and a.tobytes() != orig.tobytes():
+                out(event="error", type="input modified", msg="")
+                continue
+            np.save(spec["path"], r)
+            out(event="done", path=spec["path"], t=time.time() - t0)
+        elif cmd[0] == "leave":
+            c.leave()
+            out(event="left")
+            break
+    except Exception as e:
+        out(event="error", type=type(e).__name__, msg=str(e))
+"""
+
+
+class ARPeer(PeerProc):
+    def __init__(self, address, cwd, heartbeat=0.05):
+        import subprocess
+        import sys
+        import queue
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", ALLREDUCE_DRIVER, address, SECRET, str(heartbeat),
+             os.path.dirname(os.path.abspath(__file__))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=cwd)
+        self.lines = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+        hello = self.recv(20)
+        assert hello["event"] == "connected", hello
+        self.id = hello["id"]
+
+
+@pytest.fixture
+def ring(tmp_path):
+    """ring(n) -> (master, peers in rank order)."""
+    masters, procs = [], []
+
+    def start(n, heartbeat_timeout=2.0):
+        master = Master(secret=SECRET, heartbeat_timeout=heartbeat_timeout).start()
+        masters.append(master)
+        peers = [ARPeer(master.address, tmp_path) for _ in range(n)]
+        procs.extend(peers)
+        for p in peers:
+            p.send(f"grow {n}")
+        ups = [p.recv(20) for p in peers]
+        assert all(u["event"] == "update" and u["world"] == n for u in ups), ups
+        for p, u in zip(peers, ups):
+            p.rank, p.port = u["rank"], u["port"]
+        return master, sorted(peers, key=lambda p: p.rank)
+
+    yield start
+    for p in procs:
+        p.stop()
+    for m in masters:
+        m.stop()
+
+
+def reference(inputs, op, dtype):
+    dt = np.dtype(dtype)
+    if op in ("min", "max"):
+        return (np.minimum if op == "min" else np.maximum).reduce(inputs)
+    if dt.kind == "i":
+        s = np.sum(inputs, axis=0, dtype=dt)
+        return s if op == "sum" else s // len(inputs)
+    acc = np.dtype(np.float32) if dt.itemsize == 2 else dt  # 16-bit: float32, rounded once
+    s = np.sum([x.astype(acc) for x in inputs], axis=0, dtype=acc)
+    return (s if op == "sum" else s / acc.type(len(inputs))).astype(dt)
+
+
+class Runner:
+    def __init__(self, tmp_path):
+        self.tmp = tmp_path
+        self.k = 0
+
+    def run(self, peers, **spec):
+        spec.setdefault("seed", 1)
+        spec.setdefault("kind", "exact")
+        paths = []
+        for p in peers:
+            self.k += 1
+            path = str(self.tmp / f"r{self.k}.npy")
+            paths.append(path)
+            p.send("ar " + json.dumps(dict(spec, path=path)))
+        replies = [p.recv(30) for p in peers]
+        return replies
+
+    def results(self, replies):
+        assert all(r["event"] == "done" for r in replies), replies
+        return [np.load(r["path"]) for r in replies]
+
+
+def name(dt: np.dtype) -> str:
+    return "bfloat16" if dt.name == "bfloat16" else dt.name
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_every_op_and_dtype_matches_numpy(ring, tmp_path, n):
+    master, peers = ring(n)
+    run = Runner(tmp_path)
+    ids = [p.id for p in peers]
+    for dt in DTYPES:
+        for op in OPS:
+            for size in (0, 1, 2 * n + 3):
+                spec = dict(dtype=name(dt), op=op, size=size, chunk=8)
+                outs = run.results(run.run(peers, **spec))
+                ref = reference([make_input(i, name(dt), size, 1, "exact") for i in ids], op, dt)
+                for o in outs:
+                    assert o.dtype == dt and o.shape == (size,)
+                    assert o.tobytes() == ref.tobytes(), (n, dt, op, size, o, ref)
+    # A few MiB of random floats, out of place, chunked: bit-identical on every
+    # peer, equal to numpy up to summation order (exact for float16: float32
+    # accumulation rounded once).
+    for dt, size in ((np.dtype(np.float32), (3 << 20) // 4 + 5), (np.dtype(np.float16), 100001)):
+        outs = run.results(run.run(peers, dtype=name(dt), op="sum", size=size, kind="random",
+                                   out=True, chunk=1 << 16))
+        assert len({o.tobytes() for o in outs}) == 1, "peers differ"
+        ref = reference([make_input(i, name(dt), size, 1, "random") for i in ids], "sum", dt)
+        np.testing.assert_allclose(outs[0].astype(np.float64), ref.astype(np.float64),
+                                   rtol=1e-2 if dt.itemsize == 2 else 1e-5, atol=1e-2)
+
+
+def test_kill9_mid_allreduce_aborts_restores_and_retry_reduces_survivors(ring, tmp_path):
+    master, peers = ring(3)
+    run = Runner(tmp_path)
+    size = 1 << 18  # 1 MiB of float32 in 4 KiB chunks, 5 ms after each: ~seconds
+    spec = dict(dtype="float32", op="sum", size=size, kind="random", chunk=4096, delay=0.005,
+                seed=1)
+    for p in peers:
+        p.send("ar " + json.dumps(dict(spec, path=str(tmp_path / f"k{p.id}.npy"))))
+    time.sleep(0.4)
+    victim, survivors = peers[1], [peers[0], peers[2]]
+    t_kill = time.time()
+    os.kill(victim.proc.pid, signal.SIGKILL)
+    replies = [s.recv(20) for s in survivors]
+    elapsed = time.time() - t_kill
+    for r in replies:
+        assert r["event"] == "peer_failure", replies
+        assert r["ids"] == [victim.id], replies
+        assert r["restored"] and r["out_untouched"], replies
+    assert elapsed < 5, elapsed
+    for s in survivors:
+        s.send("update")
+    ups = [s.recv(20) for s in survivors]
+    assert all(u.get("world") == 2 and u["dead"] == [victim.id] for u in ups), ups
+    outs = run.results(run.run(survivors, **dict(spec, delay=0.0)))
+    ref = reference([make_input(s.id, "float32", size, 1, "random") for s in survivors],
+                    "sum", np.float32)
+    assert outs[0].tobytes() == outs[1].tobytes()
+    # two peers: each element is a + b in one rounding, so exact
+    assert outs[0].tobytes() == ref.tobytes()
+
+
+def test_sigstop_mid_allreduce_fails_over_and_retry_succeeds(ring, tmp_path):
+    hb_timeout = 1.0
+    master, peers = ring(3, heartbeat_timeout=hb_timeout)
+    run = Runner(tmp_path)
+    size = 1 << 17
+    spec = dict(dtype="float64", op="max", size=size, kind="random", chunk=4096, delay=0.005, seed=1,
+                timeout=30)
+    for p in peers:
+        p.send("ar " + json.dumps(dict(spec, path=str(tmp_path / f"s{p.id}.npy"))))
+    time.sleep(0.3)
+    victim, survivors = peers[2], peers[:2]
+    t_stop = time.time()
+    os.kill(victim.proc.pid, signal.SIGSTOP)
+    try:
+        replies = [s.recv(20) for s in survivors]
+        elapsed = time.time() - t_stop
+        for r in replies:
+            assert r["event"] == "peer_failure" and r["ids"] == [victim.id], replies
+            assert r["restored"], replies
+        # ended by the master's notice (heartbeat timeout), far before the op's 30 s
+        assert elapsed < hb_timeout + 4, elapsed
+        for s in survivors:
+            s.send("update")
+        ups = [s.recv(20) for s in survivors]
+        assert all(u.get("world") == 2 and u["dead"] == [victim.id] for u in ups), ups
+        outs = run.results(run.run(survivors, **dict(spec, delay=0.0)))
+        ref = reference([make_input(s.id, "float64", size, 1, "random") for s in survivors],
+                        "max", np.float64)
+        assert outs[0].tobytes() == outs[1].tobytes() == ref.tobytes()
+    finally:
+        os.kill(victim.proc.pid, signal.SIGKILL)
+
+
+def test_mismatched_sizes_fail_cleanly_on_every_peer_then_ops_go_on(ring, tmp_path):
+    master, peers = ring(3)
+    run = Runner(tmp_path)
+    replies = []
+    for i, p in enumerate(peers):
+        p.send("ar " + json.dumps(dict(dtype="float32", op="sum", size=10, seed=1, kind="exact",
+                                       size_override=9 if i == 1 else None,
+                                       path=str(tmp_path / f"m{i}.npy"))))
+    replies = [p.recv(20) for p in peers]
+    for r in replies:
+        assert r["event"] == "error" and r["type"] == "InvalidArgumentError", replies
+        assert "differ between peers" in r["msg"], r
+    # the channel stayed in step: the next operation works
+    outs = run.results(run.run(peers, dtype="int64", op="sum", size=5))
+    ref = reference([make_input(p.id, "int64", 5, 1, "exact") for p in peers], "sum", np.int64)
+    assert all(o.tobytes() == ref.tobytes() for o in outs)
+
+
+def _frame(type_code: int, payload: bytes) -> bytes:
+    return struct.pack("<IHHI", _ccl.MAGIC, _ccl.PROTOCOL_VERSION, type_code, len(payload)) + payload
+
+
+def test_stranger_refused_at_a_data_port(ring, tmp_path):
+    master, peers = ring(2)
+    # A wrong MAC: the peer closes the connection without answering DATA_OK.
+    with socket.create_connection(("127.0.0.1", peers[0].port), timeout=5) as s:
+        hdr = s.recv(12, socket.MSG_WAITALL)
+        magic, _, typ, length = struct.unpack("<IHHI", hdr)
+        assert magic == _ccl.MAGIC and typ == 10 and length == 32
+        nonce = s.recv(32, socket.MSG_WAITALL)
+        ids = struct.pack("<QQI", peers[1].id, 1, 0)
+        mac = _ccl.hmac_sha256(b"wrong-secret", b"pccl-data" + nonce + b"\0" * 32 + ids)
+        s.sendall(_frame(11, b"\0" * 32 + mac + ids))
+        assert s.recv(100) == b""  # closed, no DATA_OK
+    # Garbage and an oversized frame are dropped too.
+    for junk in (b"GET / HTTP/1.0\r\n\r\n" * 4, _frame(14, b"") [:8] + struct.pack("<I", 2**31)):
+        with socket.create_connection(("127.0.0.1", peers[1].port), timeout=5) as s:
+            s.recv(44, socket.MSG_WAITALL)
+            s.sendall(junk)
+            assert s.recv(100) == b""
+    # The run goes on.
+    run = Runner(tmp_path)
+    outs = run.results(run.run(peers, dtype="int32", op="max", size=33))
+    ref = reference([make_input(p.id, "int32", 33, 1, "exact") for p in peers], "max", np.int32)
+    assert all(o.tobytes() == ref.tobytes() for o in outs)
+
+
+# ---- in-process (threads: the C++ core releases the GIL) ---------------------
+
+def _world(n, master, fn):
+    out, errors = [None] * n, []
+
+    def body(i):
+        try:
+            c = Communicator(master, secret=SECRET).connect()
+            while c.world_size < n:
+                c.update_topology(timeout=10)
+            out[i] = fn(c)
+            c.leave()
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    return out
+
+
+def test_concurrent_tags_and_async_do_not_mix():
+    with Master(secret=SECRET) as master:
+        def fn(c):
+            a = np.full(200001, c.rank + 1, np.float32)
+            b = np.full(300007, 10 * (c.rank + 1), np.int64)
+            h1 = c.all_reduce_async(a, tag=1, _chunk_bytes=1 << 14)
+            h2 = c.all_reduce_async(b, op="max", tag=2, _chunk_bytes=1 << 14)
+            return h1.wait(30).copy(), h2.wait(30).copy()
+
+        res = _world(3, master, fn)
+    for a, b in res:
+        assert (a == 6).all() and (b == 30).all()
+
+
+def test_bad_arguments_are_refused_before_any_traffic():
+    with Master(secret=SECRET) as master:
+        def fn(c):
+            errs = []
+            for call in (lambda: c.all_reduce(np.zeros(4, np.uint8)),
+                         lambda: c.all_reduce(np.zeros((4, 4), np.float32)[:, 0]),
+                         lambda: c.all_reduce(np.zeros(4, np.float32), op="prod"),
+                         lambda: c.all_reduce(np.zeros(4, np.float32), out=np.zeros(3, np.float32)),
+                         lambda: c.all_reduce(np.zeros(4, np.float32), tag=-1),
+                         lambda: c.all_reduce([1.0, 2.0])):
+                with pytest.raises(pyhpc.InvalidArgumentError) as e:
+                    call()
+                errs.append(str(e.value))
+            x = np.arange(6, dtype=np.float64).reshape(2, 3)
+            c.all_reduce(x, op="avg")  # 2-D contiguous is fine
+            return errs, x
+
+        res = _world(2, master, fn)
+    errs, x = res[0]
+    assert "unsupported dtype uint8" in errs[0] and "C-contiguous" in errs[1]
+    assert np.array_equal(res[0][1], np.arange(6.0).reshape(2, 3))
+    assert np.array_equal(res[1][1], np.arange(6.0).reshape(2, 3))
+
+
+def test_single_peer_world_and_not_admitted():
+    with Master(secret=SECRET) as master:
+        c = Communicator(master, secret=SECRET).connect()
+        with pytest.raises(pyhpc.InvalidArgumentError, match="update_topology"):
+            c.all_reduce(np.ones(3, np.float32))
+        c.update_topology(timeout=10)
+        x = np.array([1, -7, 5], np.int64)
+        assert np.array_equal(c.all_reduce(x, op="avg"), [1, -7, 5])
+        c.leave()
