@@ -94,6 +94,11 @@ MESSAGES = [
      "peers": [(5, "127.0.0.1", 0), (9, "host-b", 65535)], "dead": [3, 4], "left": [8]},
     {"type": "peer_failed", "id": 12, "reason": 2},
     {"type": "leave"},
+    {"type": "vote", "epoch": 3, "tag": 2**32 - 1, "seq": 2**64 - 1, "vote": 0},
+    {"type": "vote", "epoch": 1, "tag": 0, "seq": 1, "vote": 2},
+    {"type": "verdict", "epoch": 4, "tag": 7, "seq": 9, "verdict": 1, "dead": []},
+    {"type": "verdict", "epoch": 4, "tag": 7, "seq": 9, "verdict": 2, "dead": [3, 2**64 - 1]},
+    {"type": "verdict", "epoch": 4, "tag": 7, "seq": 9, "verdict": 3, "dead": []},
 ]
 
 
@@ -192,8 +197,31 @@ def test_decode_rejects_with_clear_messages():
     with pytest.raises(pyhpc.ProtocolError, match="duplicate peer id"):
         _ccl.decode(_ccl.encode({"type": "topology", "epoch": 1, "rank": 0,
                                  "peers": [(1, "a", 0), (1, "b", 0)], "dead": [], "left": []}))
-    with pytest.raises(pyhpc.ProtocolError, match="version 2.*version 1"):
-        _ccl.decode(_ccl.encode({"type": "leave"}, version=2))
+    v, other = _ccl.PROTOCOL_VERSION, _ccl.PROTOCOL_VERSION + 1
+    with pytest.raises(pyhpc.ProtocolError, match=f"version {other}.*version {v}"):
+        _ccl.decode(_ccl.encode({"type": "leave"}, version=other))
+    with pytest.raises(pyhpc.ProtocolError, match=f"version {v - 1}.*version {v}"):
+        _ccl.decode(_ccl.encode({"type": "leave"}, version=v - 1))  # the previous version
+    # The data-plane types (10..14) are not control messages.
+    for t in range(10, 15):
+        with pytest.raises(pyhpc.ProtocolError, match=f"unknown message type {t}"):
+            _ccl.decode(frame(t, b""))
+    vote = {"type": "vote", "epoch": 1, "tag": 0, "seq": 1, "vote": 1}
+    with pytest.raises(pyhpc.ProtocolError, match="unknown vote"):
+        _ccl.decode(_ccl.encode(dict(vote, vote=3)))
+    with pytest.raises(pyhpc.ProtocolError, match="sequence number 0"):
+        _ccl.decode(_ccl.encode(dict(vote, seq=0)))
+    verdict = {"type": "verdict", "epoch": 1, "tag": 0, "seq": 1, "verdict": 2, "dead": [5]}
+    with pytest.raises(pyhpc.ProtocolError, match="unknown verdict"):
+        _ccl.decode(_ccl.encode(dict(verdict, verdict=4)))
+    with pytest.raises(pyhpc.ProtocolError, match="dead ids in a non-ABORT"):
+        _ccl.decode(_ccl.encode(dict(verdict, verdict=1)))
+    with pytest.raises(pyhpc.ProtocolError, match="peer id 0"):
+        _ccl.decode(_ccl.encode(dict(verdict, dead=[0])))
+    with pytest.raises(pyhpc.ProtocolError, match="dead list length"):
+        _ccl.decode(frame(16, struct.pack("<QQIBIQ", 1, 1, 0, 2, 2, 5)))  # 2 ids claimed, 1 sent
+    with pytest.raises(pyhpc.ProtocolError, match="exceeds its cap"):
+        _ccl.decode(frame(15, b"\0" * 22))
     with pytest.raises(pyhpc.InvalidArgumentError):
         _ccl.encode({"type": "auth", "nonce": NONCE, "mac": MAC, "host": "h" * 300})
 
@@ -303,18 +331,24 @@ def test_wrong_secret_refused_and_run_undisturbed(master):
 
 def test_protocol_version_mismatch_is_a_clear_error(master):
     # A peer of another version refuses the master's CHALLENGE ...
+    v, other = _ccl.PROTOCOL_VERSION, _ccl.PROTOCOL_VERSION + 1
     with pytest.raises(pyhpc.ProtocolError,
-                       match=r"protocol version mismatch.*version 1.*version 2"):
-        Communicator(master.address, secret=SECRET, _protocol_version=2).connect()
+                       match=rf"protocol version mismatch.*version {v}.*version {other}"):
+        Communicator(master.address, secret=SECRET, _protocol_version=other).connect()
+    # A peer of the previous version (without the commit round) is refused too.
+    with pytest.raises(pyhpc.ProtocolError,
+                       match=rf"protocol version mismatch.*version {v}.*version {v - 1}"):
+        Communicator(master.address, secret=SECRET, _protocol_version=v - 1).connect()
     # ... and the master answers a frame of another version with an ERROR naming both.
     with socket.create_connection((master.host, master.port), timeout=5) as s:
         s.settimeout(5)
         challenge = _read_frame(s)
         assert _ccl.decode(challenge)["type"] == "challenge"
-        s.sendall(frame(2, b"\0" * 68, version=2))
+        s.sendall(frame(2, b"\0" * 68, version=other))
         err = _ccl.decode(_read_frame(s))
         assert err["type"] == "error" and err["code"] == int(pyhpc.Status.PROTOCOL)
-        assert "peer speaks PCCL protocol version 2, the master speaks version 1" in err["text"]
+        assert (f"peer speaks PCCL protocol version {other}, the master speaks version {v}"
+                in err["text"])
         assert s.recv(1) == b""  # and drops it
 
 

@@ -1,7 +1,8 @@
 """pyhpc.ccl ring all-reduce with real peer processes on 127.0.0.1: every op and
 dtype against numpy for 2, 3 and 4 peers, bit-identical results across peers,
 kill -9 and SIGSTOP of a peer mid-operation (abort, restore, retry over the
-survivors), a stranger refused at a data port, mismatched arguments, tags.
+survivors), a peer dying right before / right after its YES vote in the commit
+round (all survivors abort alike / all commit alike), a stranger refused at a data port, mismatched arguments, tags.
 The master runs in this process; each peer is a `python -c` child driven over
 stdin/stdout (see test_ccl_procs.py); results travel as .npy files.
 """
@@ -83,7 +84,8 @@ for line in sys.stdin:
                 r = c.all_reduce(a, op=spec["op"], out=res, tag=spec.get("tag", 0),
                                  timeout=spec.get("timeout", 20),
                                  _chunk_bytes=spec.get("chunk", 1 << 19),
-                                 _chunk_delay=spec.get("delay", 0.0))
+                                 _chunk_delay=spec.get("delay", 0.0),
+                                 _exit_at=spec.get("exit_at"))
             except PeerFailure as e:
                 out(event="peer_failure", ids=e.peer_ids, msg=str(e), t=time.time() - t0,
                     restored=bool(a.tobytes() == orig.tobytes()),
@@ -271,6 +273,123 @@ def test_sigstop_mid_allreduce_fails_over_and_retry_succeeds(ring, tmp_path):
         assert outs[0].tobytes() == outs[1].tobytes() == ref.tobytes()
     finally:
         os.kill(victim.proc.pid, signal.SIGKILL)
+
+
+# ---- the commit round: a peer dying right before / right after its YES vote ---------
+
+# (world, victim rank, elements, chunk bytes): small ops where the survivors are
+# likely done and waiting for the verdict, larger ones where they are mid-ring
+# when told of the death (QUERY -> CONTINUE or ABORT).
+COMMIT_CASES = [(3, 1, 1024, 1 << 19, 0), (3, 0, 1 << 18, 4096, 0), (4, 2, 1 << 16, 1024, 0),
+                (2, 1, 4096, 1 << 19, 0),
+                # the survivors sleep 15 ms after each chunk, the victim does not: it
+                # finishes (and dies) while they are mid-ring
+                (3, 1, 1 << 14, 4096, 0.015), (4, 0, 1 << 14, 2048, 0.015)]
+
+
+def _exit_case(ring, tmp_path, run, world, victim_rank, size, chunk, delay, exit_at, rep):
+    master, peers = ring(world)
+    victim = peers[victim_rank]
+    survivors = [p for p in peers if p is not victim]
+    spec = dict(dtype="float32", op="sum", size=size, kind="exact", chunk=chunk, seed=rep + 7,
+                out=bool(rep % 2))
+    inputs = {p.id: make_input(p.id, "float32", size, rep + 7, "exact") for p in peers}
+    for p in peers:
+        extra = dict(exit_at=exit_at) if p is victim else dict(delay=delay)
+        p.send("ar " + json.dumps(dict(spec, path=str(tmp_path / f"c{rep}_{p.id}.npy"), **extra)))
+    replies = [s.recv(30) for s in survivors]
+    assert victim.proc.wait(10) == 3  # it _exit()ed where told
+    return master, victim, survivors, spec, inputs, replies
+
+
+@pytest.mark.parametrize("case", COMMIT_CASES, ids=lambda c: f"n{c[0]}-r{c[1]}-{c[2]}x{c[3]}-d{c[4]}")
+def test_peer_dying_before_its_vote_aborts_every_survivor(ring, tmp_path, case):
+    world, victim_rank, size, chunk, delay = case
+    run = Runner(tmp_path)
+    for rep in range(3):
+        master, victim, survivors, spec, inputs, replies = _exit_case(
+            ring, tmp_path, run, world, victim_rank, size, chunk, delay, "before_vote", rep)
+        for r in replies:  # no survivor applied the op: all aborted, inputs as they were
+            assert r["event"] == "peer_failure", replies
+            assert r["ids"] == [victim.id], replies
+            assert r["restored"] and r["out_untouched"], replies
+        st = master.stats()
+        assert st["commits"] == 0 and st["aborts"] >= 1, st
+        for s in survivors:
+            s.send("update")
+        ups = [s.recv(20) for s in survivors]
+        assert all(u.get("world") == world - 1 and u["dead"] == [victim.id] for u in ups), ups
+        outs = run.results(run.run(survivors, **dict(spec, out=False)))
+        ref = reference([inputs[s.id] for s in survivors], "sum", np.float32)
+        for o in outs:  # exact: integers in float32
+            assert o.tobytes() == ref.tobytes()
+
+
+@pytest.mark.parametrize("case", COMMIT_CASES, ids=lambda c: f"n{c[0]}-r{c[1]}-{c[2]}x{c[3]}-d{c[4]}")
+def test_peer_dying_after_its_vote_lets_every_survivor_commit(ring, tmp_path, case):
+    world, victim_rank, size, chunk, delay = case
+    run = Runner(tmp_path)
+    for rep in range(3):
+        master, victim, survivors, spec, inputs, replies = _exit_case(
+            ring, tmp_path, run, world, victim_rank, size, chunk, delay, "after_vote", rep)
+        # Every survivor committed the full result, the dead peer's share included.
+        outs = run.results(replies)
+        ref = reference(list(inputs.values()), "sum", np.float32)
+        for o in outs:
+            assert o.tobytes() == ref.tobytes()
+        st = master.stats()
+        assert st["commits"] == 1 and st["aborts"] == 0, st
+        if delay:  # the survivors were told of the death mid-ring, asked, and went on
+            assert st["continues"] >= 1, st
+        # The next operation needs the update (the death was reported) and then
+        # reduces over the survivors.
+        for s in survivors:
+            s.send("update")
+        ups = [s.recv(20) for s in survivors]
+        assert all(u.get("world") == world - 1 and u["dead"] == [victim.id] for u in ups), ups
+        outs = run.results(run.run(survivors, **dict(spec, seed=rep + 100, out=False)))
+        ref = reference([make_input(s.id, "float32", size, rep + 100, "exact") for s in survivors],
+                        "sum", np.float32)
+        for o in outs:
+            assert o.tobytes() == ref.tobytes()
+
+
+def test_master_lost_before_the_commit_round_is_a_clean_error():
+    """The master stops while the ring runs: at the commit round every peer
+    raises PeerError (no hang, nothing committed), its buffer untouched."""
+    master = Master(secret=SECRET).start()
+    out, errors = [None] * 2, []
+    barrier = threading.Barrier(2)
+
+    def body(i):
+        try:
+            c = Communicator(master, secret=SECRET).connect()
+            while c.world_size < 2:
+                c.update_topology(timeout=10)
+            barrier.wait(10)
+            if i == 0:
+                threading.Timer(0.2, master.stop).start()
+            x = np.full(1 << 16, c.rank + 1.0, np.float32)
+            t0 = time.time()
+            try:
+                c.all_reduce(x, timeout=20, _chunk_bytes=4096, _chunk_delay=0.01)
+                out[i] = ("committed", c.rank, x, time.time() - t0)
+            except pyhpc.errors.Error as e:
+                out[i] = (type(e).__name__, c.rank, x, time.time() - t0)
+            c.close()
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(40)
+    assert not errors, errors
+    for kind, rank, x, dt in out:
+        assert kind in ("PeerError", "PeerFailure"), [o[0] for o in out]
+        assert (x == rank + 1.0).all()
+        assert dt < 10, dt
 
 
 def test_mismatched_sizes_fail_cleanly_on_every_peer_then_ops_go_on(ring, tmp_path):

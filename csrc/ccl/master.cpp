@@ -18,6 +18,8 @@ namespace {
 constexpr size_t kMaxOutBuffer = 16u << 20;  // a peer this far behind is dropped
 constexpr char kPeerLabel[] = "pccl-peer";
 constexpr char kMasterLabel[] = "pccl-master";
+constexpr size_t kMaxOpenVotes = 1024;  // undecided YES votes per member
+constexpr size_t kMaxAborted = 4096;    // ABORT decisions remembered per epoch
 
 double unix_now() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
@@ -41,6 +43,7 @@ struct Master::Client {
   Clock::time_point handshake_deadline;
   Clock::time_point last_heard;
   bool wants_update = false;
+  size_t open_votes = 0;  // undecided ops this member voted YES for
   bool doomed = false;  // a send failed; failed from the loop, never mid-iteration
 };
 
@@ -292,6 +295,9 @@ void Master::handle(Client& c, const Message& m) {
       c.wants_update = true;
       maybe_complete_update();
       return;
+    case MsgType::kVote:
+      on_vote(c, m);
+      return;
     case MsgType::kLeave: {
       for (auto& s : slots_)
         if (s.client == &c) {
@@ -301,6 +307,7 @@ void Master::handle(Client& c, const Message& m) {
       ::close(c.fd);
       c.fd = -1;
       c.state = ClientState::kGone;
+      resolve_ops();
       maybe_complete_update();
       publish();
       return;
@@ -359,6 +366,7 @@ void Master::fail_client(Client& c, FailReason reason) {
     f.code = uint16_t(reason);
     for (auto& s : slots_)
       if (s.client) queue(*s.client, f);
+    resolve_ops();
     maybe_complete_update();
   }
   publish();
@@ -377,6 +385,14 @@ void Master::maybe_complete_update() {
   if (!any_live && joiners.empty()) return;
   std::sort(joiners.begin(), joiners.end(),
             [](const Client* a, const Client* b) { return a->join < b->join; });
+
+  // Ops of the closing epoch still undecided cannot commit any more.
+  for (auto& [k, yes] : ops_)
+    for (uint64_t id : yes) verdict_to(member_client(id), k, Verdict::kAbort, {});
+  for (auto& cp : clients_) cp->open_votes = 0;
+  ops_.clear();
+  aborted_.clear();
+  aborted_order_.clear();
 
   Message t;
   t.type = MsgType::kTopology;
@@ -404,6 +420,124 @@ void Master::maybe_complete_update() {
     queue(*c, t);
   }
   publish();
+}
+
+Master::Client* Master::member_client(uint64_t id) const {
+  for (const auto& s : slots_)
+    if (s.id == id) return s.client;
+  return nullptr;
+}
+
+std::vector<uint64_t> Master::gone_without_yes(const std::vector<uint64_t>& yes) const {
+  std::vector<uint64_t> out;
+  for (const auto& s : slots_)
+    if (s.gone != Gone::kNo && std::find(yes.begin(), yes.end(), s.id) == yes.end())
+      out.push_back(s.id);
+  return out;
+}
+
+void Master::verdict_to(Client* c, const OpKey& k, Verdict v, const std::vector<uint64_t>& dead) {
+  if (!c) return;
+  Message m;
+  m.type = MsgType::kVerdict;
+  m.epoch = std::get<0>(k);
+  m.tag = std::get<1>(k);
+  m.seq = std::get<2>(k);
+  m.vote = uint8_t(v);
+  if (v == Verdict::kAbort) m.dead = dead;
+  if (m.dead.size() > kMaxWorld) m.dead.resize(kMaxWorld);
+  queue(*c, m);
+}
+
+void Master::decide(const OpKey& k, Verdict v, const std::vector<uint64_t>& dead) {
+  {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    ++(v == Verdict::kCommit ? stats_.commits : stats_.aborts);
+  }
+  auto it = ops_.find(k);
+  if (it != ops_.end()) {
+    for (uint64_t id : it->second) {
+      Client* c = member_client(id);
+      if (c && c->open_votes) --c->open_votes;
+      verdict_to(c, k, v, dead);
+    }
+    ops_.erase(it);
+  }
+  if (v == Verdict::kAbort && std::get<0>(k) == epoch_ && aborted_.insert(k).second) {
+    aborted_order_.push_back(k);
+    if (aborted_order_.size() > kMaxAborted) {
+      aborted_.erase(aborted_order_.front());
+      aborted_order_.pop_front();
+    }
+  }
+}
+
+void Master::on_vote(Client& c, const Message& m) {
+  if (c.state != ClientState::kMember || !member_client(c.id)) {
+    reject(c, PYHPC_ERR_PROTOCOL, "VOTE from a peer that is not a member");
+    return;
+  }
+  OpKey k{m.epoch, m.tag, m.seq};
+  Vote v = static_cast<Vote>(m.vote);
+  if (m.epoch != epoch_ || aborted_.count(k)) {
+    // Another epoch's op, or one already aborted (a late vote): it cannot commit.
+    if (v != Vote::kNo)
+      verdict_to(&c, k, Verdict::kAbort, m.epoch == epoch_ ? gone_without_yes({}) : std::vector<uint64_t>{});
+    return;
+  }
+  auto it = ops_.find(k);
+  const std::vector<uint64_t> none;
+  const std::vector<uint64_t>& yes = it == ops_.end() ? none : it->second;
+  if (std::find(yes.begin(), yes.end(), c.id) != yes.end()) {
+    reject(c, PYHPC_ERR_PROTOCOL, "a second VOTE for an operation already voted YES");
+    return;
+  }
+  std::vector<uint64_t> gone = gone_without_yes(yes);
+  if (v == Vote::kNo) {
+    decide(k, Verdict::kAbort, gone);
+    return;
+  }
+  if (v == Vote::kQuery) {
+    if (gone.empty()) {
+      verdict_to(&c, k, Verdict::kContinue, {});
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      ++stats_.continues;
+    } else {
+      verdict_to(&c, k, Verdict::kAbort, gone);
+      decide(k, Verdict::kAbort, gone);
+    }
+    return;
+  }
+  if (!gone.empty()) {
+    verdict_to(&c, k, Verdict::kAbort, gone);
+    decide(k, Verdict::kAbort, gone);
+    return;
+  }
+  if (c.open_votes >= kMaxOpenVotes) {
+    reject(c, PYHPC_ERR_PROTOCOL, "too many undecided operations");
+    return;
+  }
+  ++c.open_votes;
+  ops_[k].push_back(c.id);
+  resolve_ops();
+}
+
+void Master::resolve_ops() {
+  std::vector<std::pair<OpKey, std::vector<uint64_t>>> aborts;
+  std::vector<OpKey> commits;
+  for (const auto& [k, yes] : ops_) {
+    std::vector<uint64_t> gone = gone_without_yes(yes);
+    if (!gone.empty()) {
+      aborts.push_back({k, std::move(gone)});
+      continue;
+    }
+    bool all = true;
+    for (const auto& s : slots_)
+      if (std::find(yes.begin(), yes.end(), s.id) == yes.end()) all = false;
+    if (all) commits.push_back(k);
+  }
+  for (const auto& [k, gone] : aborts) decide(k, Verdict::kAbort, gone);
+  for (const auto& k : commits) decide(k, Verdict::kCommit, {});
 }
 
 void Master::check_deadlines() {

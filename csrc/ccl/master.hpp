@@ -14,13 +14,28 @@
 // topology update removes it and reports its id.
 //
 // update_topology is a collective: it completes when every live member has
-// sent UPDATE_REQUEST. It then admits the pending peers that asked too,
+// sent UPDATE_REQUEST.
+//
+// The master also coordinates the commit of every all-reduce (epoch, tag,
+// seq): members VOTE YES once they hold their whole result (not yet written to
+// the caller's buffer). The master answers COMMIT to all once every member of
+// the epoch voted YES (a member that dies after its YES does not stop that:
+// everyone has the full result), or ABORT (naming the members gone without a
+// YES) as soon as a member dies, leaves or freezes before its YES, or votes NO.
+// A QUERY (a peer told of a death mid-operation) is answered CONTINUE if every
+// dead member voted YES, else ABORT. Entries are dropped once decided, and all
+// of an epoch at the next topology update (undecided ones are ABORTed); a
+// member may have kMaxOpenVotes undecided YES votes at most. It then admits the pending peers that asked too,
 // assigns ranks (survivors keep their relative order, then the newcomers in
 // the order they authenticated) and sends every member a TOPOLOGY.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
+#include <map>
+#include <set>
+#include <tuple>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -53,6 +68,8 @@ struct MasterStats {
   std::vector<uint64_t> pending;
   std::vector<MasterFailure> failures;  // every failure so far
   uint64_t rejected = 0;                // connections dropped before or at authentication
+  uint64_t commits = 0, aborts = 0;     // all-reduce commit rounds decided each way
+  uint64_t continues = 0;               // QUERYs answered CONTINUE
 };
 
 class Master {
@@ -84,6 +101,13 @@ class Master {
   void fail_doomed();
   void reap();
   void publish();
+  using OpKey = std::tuple<uint64_t, uint32_t, uint64_t>;  // epoch, tag, seq
+  void on_vote(Client& c, const Message& m);
+  void resolve_ops();
+  void verdict_to(Client* c, const OpKey& k, Verdict v, const std::vector<uint64_t>& dead);
+  void decide(const OpKey& k, Verdict v, const std::vector<uint64_t>& dead);
+  std::vector<uint64_t> gone_without_yes(const std::vector<uint64_t>& yes) const;
+  Client* member_client(uint64_t id) const;
 
   MasterOptions options_;
   uint16_t port_ = 0;
@@ -98,6 +122,9 @@ class Master {
   uint64_t next_id_ = 1;
   uint64_t next_join_ = 0;
   uint64_t epoch_ = 0;
+  std::map<OpKey, std::vector<uint64_t>> ops_;  // undecided ops of epoch_: who voted YES
+  std::set<OpKey> aborted_;                      // decided ABORT in epoch_ (bounded)
+  std::deque<OpKey> aborted_order_;
 
   mutable std::mutex stats_mu_;
   MasterStats stats_;

@@ -14,6 +14,7 @@ namespace pyhpc::ccl {
 namespace {
 constexpr char kPeerLabel[] = "pccl-peer";
 constexpr char kMasterLabel[] = "pccl-master";
+constexpr size_t kMaxVerdicts = 4096;  // unclaimed verdicts kept (late ones of given-up ops)
 
 pyhpc_status status_from_code(uint16_t code) {
   return code >= PYHPC_ERR_INVALID_ARGUMENT && code <= PYHPC_ERR_INTERNAL
@@ -162,9 +163,15 @@ void Peer::loop() {
         topology_.dead = std::move(m.dead);
         topology_.left = std::move(m.left);
         have_topology_ = true;
+        verdicts_.erase(verdicts_.begin(), verdicts_.lower_bound(OpKey{m.epoch, 0, 0}));
         ++topologies_seen_;
         update_outstanding_ = false;
         unclaimed_ = true;
+        cv_.notify_all();
+      } else if (m.type == MsgType::kVerdict) {
+        if (verdicts_.size() >= kMaxVerdicts) verdicts_.erase(verdicts_.begin());
+        verdicts_[OpKey{m.epoch, m.tag, m.seq}] = {static_cast<Verdict>(m.vote),
+                                                   std::move(m.dead)};
         cv_.notify_all();
       } else if (m.type == MsgType::kPeerFailed) {
         failures_.push_back(m.id);
@@ -183,6 +190,53 @@ void Peer::loop() {
     }
     in.erase(in.begin(), in.begin() + off);
   }
+}
+
+pyhpc_status Peer::vote(uint64_t epoch, uint32_t tag, uint64_t seq, Vote v) {
+  Message m;
+  m.type = MsgType::kVote;
+  m.epoch = epoch;
+  m.tag = tag;
+  m.seq = seq;
+  m.vote = uint8_t(v);
+  pyhpc_status s = send(m);
+  if (s != PYHPC_OK) {
+    std::string why = last_error();
+    return PYHPC_FAIL(PYHPC_ERR_PEER, "cannot reach the master for the commit round: %s",
+                      why.c_str());
+  }
+  return PYHPC_OK;
+}
+
+pyhpc_status Peer::await_verdict(uint64_t epoch, uint32_t tag, uint64_t seq,
+                                 Clock::time_point deadline, Verdict* verdict,
+                                 std::vector<uint64_t>* dead) {
+  OpKey k{epoch, tag, seq};
+  std::unique_lock<std::mutex> lock(mu_);
+  // The verdict usually comes within one round trip to the master: yield the
+  // CPU for a moment (to the loop thread that receives it) before sleeping on
+  // the condition variable, which costs a futex wake-up more.
+  for (auto spin_until = after(200e-6);
+       !verdicts_.count(k) && broken_ == PYHPC_OK && !stop_ && Clock::now() < spin_until;) {
+    lock.unlock();
+    std::this_thread::yield();
+    lock.lock();
+  }
+  cv_.wait_until(lock, deadline, [&] {
+    return verdicts_.count(k) || broken_ != PYHPC_OK || stop_;
+  });
+  auto it = verdicts_.find(k);
+  if (it != verdicts_.end()) {
+    *verdict = it->second.first;
+    *dead = std::move(it->second.second);
+    verdicts_.erase(it);
+    return PYHPC_OK;
+  }
+  if (stop_) return PYHPC_FAIL(PYHPC_ERR_PEER, "this peer was closed during the commit round");
+  if (broken_ != PYHPC_OK)
+    return PYHPC_FAIL(PYHPC_ERR_PEER, "commit round: %s", broken_why_.c_str());
+  return PYHPC_FAIL(PYHPC_ERR_TIMEOUT,
+                    "commit round: no verdict from the master before the operation's deadline");
 }
 
 pyhpc_status Peer::health() const {

@@ -6,11 +6,14 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <map>
+#include <tuple>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "ccl/net.hpp"
 #include "ccl/wire.hpp"
 #include "common/status.hpp"
 
@@ -60,6 +63,14 @@ class Peer {
   std::vector<uint64_t> take_failures();
   // The same, without clearing them (the data plane polls this mid-operation).
   std::vector<uint64_t> peek_failures() const;
+  // The commit round of an all-reduce (master.hpp): sends a VOTE, and waits
+  // for the master's VERDICT on (epoch, tag, seq) until `deadline`. Fails
+  // (PYHPC_ERR_PEER) if the connection to the master breaks or the peer is
+  // closed, TIMEOUT at the deadline.
+  pyhpc_status vote(uint64_t epoch, uint32_t tag, uint64_t seq, Vote v);
+  pyhpc_status await_verdict(uint64_t epoch, uint32_t tag, uint64_t seq,
+                             Clock::time_point deadline, Verdict* verdict,
+                             std::vector<uint64_t>* dead);
   // OK while connected; else why not (and the message through last_error()).
   pyhpc_status health() const;
 
@@ -89,6 +100,8 @@ class Peer {
   uint64_t update_seq_ = 0;
   uint64_t heartbeat_seq_ = 0;
   std::vector<uint64_t> failures_;
+  using OpKey = std::tuple<uint64_t, uint32_t, uint64_t>;  // epoch, tag, seq
+  std::map<OpKey, std::pair<Verdict, std::vector<uint64_t>>> verdicts_;  // not yet claimed
 };
 
 }  // namespace pyhpc::ccl

@@ -630,9 +630,22 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
       f = failed_members(peer, t);
     }
     *failed = f.empty() ? std::vector<uint64_t>{suspect} : f;
+    (void)peer.vote(t.epoch, a.tag, seq, Vote::kNo);  // best effort: YES voters abort at once
+    clear_last_error();
     return abort(PYHPC_FAIL(PYHPC_ERR_PEER, "all_reduce (tag %u) aborted: %s", unsigned(a.tag),
                             why.c_str()));
   };
+  // Aborted by the master's verdict: names the members it reports gone (else
+  // the ones this peer was told of).
+  auto aborted_by_master = [&](std::vector<uint64_t> dead, const char* why) {
+    for (uint64_t id : failed_members(peer, t))
+      if (std::find(dead.begin(), dead.end(), id) == dead.end()) dead.push_back(id);
+    *failed = std::move(dead);
+    return abort(PYHPC_FAIL(PYHPC_ERR_PEER, "all_reduce (tag %u) aborted by the master: %s",
+                            unsigned(a.tag), why));
+  };
+  // Members reported dead that the master said this op can do without.
+  std::vector<uint64_t> cleared;
 
   // (1) Descriptors round the ring: every peer learns every peer's op.
   std::vector<std::vector<uint8_t>> desc(n, std::vector<uint8_t>(kOpSize));
@@ -738,8 +751,18 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
     auto now = Clock::now();
     if (pr <= 0 || now - last_check > std::chrono::milliseconds(kPollSliceMs)) {
       last_check = now;
-      if (!failed_members(peer, t).empty())
-        return peer_failure(0, "the master reports failed peers");
+      std::vector<uint64_t> f = failed_members(peer, t);
+      if (f.size() > cleared.size()) {
+        // Did they all vote YES (then every peer can still finish)? Ask.
+        Verdict v = Verdict::kAbort;
+        std::vector<uint64_t> dead;
+        pyhpc_status st = peer.vote(t.epoch, a.tag, seq, Vote::kQuery);
+        if (st == PYHPC_OK) st = peer.await_verdict(t.epoch, a.tag, seq, deadline, &v, &dead);
+        if (st != PYHPC_OK) return peer_failure(0, "the master reports failed peers");
+        if (v != Verdict::kContinue)
+          return aborted_by_master(std::move(dead), "a member failed before finishing");
+        cleared = std::move(f);
+      }
       if (now >= deadline)
         return peer_failure(recvd < total ? ch.left_id : ch.right_id,
                             "the operation's deadline passed (a peer is frozen or cut off?)");
@@ -816,7 +839,29 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
       }
     }
   }
-  // Every chunk arrived: only now does the caller's buffer change.
+  // Every chunk arrived: the commit round. Only on COMMIT does the caller's
+  // buffer change.
+  if (a.test_exit_at == 1) ::_exit(3);
+  Verdict v = Verdict::kAbort;
+  std::vector<uint64_t> dead;
+  pyhpc_status st = peer.vote(t.epoch, a.tag, seq, Vote::kYes);
+  if (a.test_exit_at == 2) ::_exit(3);
+  if (st == PYHPC_OK) st = peer.await_verdict(t.epoch, a.tag, seq, deadline, &v, &dead);
+  if (st == PYHPC_ERR_TIMEOUT) {
+    // Withdraw (an undecided op then aborts for everyone) and hear the answer.
+    clear_last_error();
+    st = peer.vote(t.epoch, a.tag, seq, Vote::kNo);
+    if (st == PYHPC_OK) st = peer.await_verdict(t.epoch, a.tag, seq, after(1.0), &v, &dead);
+    if (st == PYHPC_ERR_TIMEOUT)
+      return abort(PYHPC_FAIL(PYHPC_ERR_TIMEOUT,
+                              "all_reduce (tag %u): no verdict from the master in the commit "
+                              "round before the deadline (is the master frozen?); the output "
+                              "is untouched",
+                              unsigned(a.tag)));
+  }
+  if (st != PYHPC_OK) return abort(st);  // lost the master: a clean error, output untouched
+  if (v != Verdict::kCommit)
+    return aborted_by_master(std::move(dead), "a member failed or aborted before finishing");
   store_work(a.dtype, a.op, work, a.out, count, n);
   return PYHPC_OK;
 }

@@ -29,8 +29,13 @@
 // (2) 2(n-1) ring steps (reduce-scatter, then all-gather), each segment cut
 // into chunks, a chunk of step s+1 sent as soon as the same chunk of step s
 // arrived (pipelined). The reduction runs into a private work buffer (float32
-// for 16-bit floats); the caller's output is written only after the last
-// chunk arrived, so a failure leaves input and output untouched.
+// for 16-bit floats). (3) The commit round (master.hpp): with all its chunks
+// in, a peer votes YES to the master and writes the caller's output only on
+// its COMMIT; on ABORT (a member died or froze before its YES, or aborted)
+// input and output stay untouched. So every survivor applies the operation or
+// none does. A peer told mid-ring that a member died asks the master (QUERY):
+// if that member had voted YES, every peer can still finish (CONTINUE); a
+// local failure (a neighbour's connection, the deadline) is voted NO.
 //
 // Segment k is reduced in one fixed order (peer k first, then k+1, ...) by one
 // peer and then copied to all: every peer ends bit-identical.
@@ -79,6 +84,7 @@ struct AllReduceArgs {
   double timeout_s = 30.0;
   size_t chunk_bytes = size_t(1) << 19;
   double test_chunk_delay_s = 0;  // tests: sleep after each chunk received
+  int test_exit_at = 0;  // tests: _exit(3) the process 1: right before its YES vote, 2: right after
 };
 
 class DataPlane {

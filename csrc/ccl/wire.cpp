@@ -60,6 +60,8 @@ class Writer {
 };
 
 constexpr size_t kPeerEntryMax = 8 + 2 + 2 + kMaxHost;
+constexpr size_t kVoteSize = 8 + 8 + 4 + 1;
+constexpr size_t kVerdictMax = kVoteSize + 4 + 8 * size_t(kMaxWorld);
 constexpr size_t kTopologyMax = 8 + 4 * 4 + 2 * 8 * size_t(kMaxWorld) + kMaxWorld * kPeerEntryMax;
 
 bool printable_host(const std::string& h) {
@@ -83,8 +85,15 @@ const char* type_name(MsgType t) {
     case MsgType::kTopology: return "TOPOLOGY";
     case MsgType::kPeerFailed: return "PEER_FAILED";
     case MsgType::kLeave: return "LEAVE";
+    case MsgType::kVote: return "VOTE";
+    case MsgType::kVerdict: return "VERDICT";
   }
   return "UNKNOWN";
+}
+
+bool is_control_type(uint16_t type) {
+  return (type >= kMinType && type <= uint16_t(MsgType::kLeave)) ||
+         type == uint16_t(MsgType::kVote) || type == uint16_t(MsgType::kVerdict);
 }
 
 size_t max_payload(uint16_t type) {
@@ -98,6 +107,8 @@ size_t max_payload(uint16_t type) {
     case MsgType::kTopology: return kTopologyMax;
     case MsgType::kPeerFailed: return 8 + 2;
     case MsgType::kLeave: return 0;
+    case MsgType::kVote: return kVoteSize;
+    case MsgType::kVerdict: return kVerdictMax;
   }
   return 0;
 }
@@ -118,7 +129,7 @@ pyhpc_status decode_header(const uint8_t* p, size_t n, uint16_t version, Header*
                       "protocol version mismatch: the other side speaks PCCL protocol "
                       "version %u, this side speaks version %u",
                       unsigned(h.version), unsigned(version));
-  if (h.type < kMinType || h.type > kMaxType)
+  if (!is_control_type(h.type))
     return PYHPC_FAIL(PYHPC_ERR_PROTOCOL, "unknown message type %u", unsigned(h.type));
   if (h.length > max_payload(h.type))
     return PYHPC_FAIL(PYHPC_ERR_PROTOCOL, "%s payload of %u bytes exceeds its cap of %zu",
@@ -197,6 +208,29 @@ pyhpc_status decode_payload(const Header& h, const uint8_t* p, size_t n, Message
       break;
     case MsgType::kLeave:
       break;
+    case MsgType::kVote:
+    case MsgType::kVerdict: {
+      if (!r.uint(&m.epoch) || !r.uint(&m.seq) || !r.uint(&m.tag) || !r.uint(&m.vote))
+        return bad(tn, "truncated");
+      if (m.epoch == 0 || m.seq == 0) return bad(tn, "epoch or sequence number 0");
+      if (t == MsgType::kVote) {
+        if (m.vote > uint8_t(Vote::kQuery)) return bad(tn, "unknown vote");
+        break;
+      }
+      if (m.vote < uint8_t(Verdict::kCommit) || m.vote > uint8_t(Verdict::kContinue))
+        return bad(tn, "unknown verdict");
+      uint32_t n_dead = 0;
+      if (!r.uint(&n_dead)) return bad(tn, "truncated");
+      if (n_dead > kMaxWorld) return bad(tn, "dead count too large");
+      if (size_t(n_dead) * 8 != r.left()) return bad(tn, "dead list length differs from its count");
+      if (n_dead && m.vote != uint8_t(Verdict::kAbort)) return bad(tn, "dead ids in a non-ABORT");
+      m.dead.resize(n_dead);
+      for (auto& id : m.dead) {
+        r.uint(&id);
+        if (id == 0) return bad(tn, "peer id 0");
+      }
+      break;
+    }
   }
   if (r.left() != 0) return bad(tn, "trailing bytes");
   *out = std::move(m);
@@ -264,6 +298,18 @@ pyhpc_status encode(const Message& m, std::vector<uint8_t>* out, uint16_t versio
       w.uint(m.code);
       break;
     case MsgType::kLeave:
+      break;
+    case MsgType::kVote:
+    case MsgType::kVerdict:
+      if (m.type == MsgType::kVerdict && m.dead.size() > kMaxWorld) return too_long("dead list");
+      w.uint(m.epoch);
+      w.uint(m.seq);
+      w.uint(m.tag);
+      w.uint(m.vote);
+      if (m.type == MsgType::kVerdict) {
+        w.uint(uint32_t(m.dead.size()));
+        for (uint64_t id : m.dead) w.uint(id);
+      }
       break;
     default:
       return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "cannot encode message type %u",

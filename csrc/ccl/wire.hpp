@@ -22,6 +22,17 @@
 //                                n_peers x {u64 id u16 port str host}   (in rank order)
 //   PEER_FAILED    master->peer  u64 peer_id u16 reason (FailReason)
 //   LEAVE          peer->master  (empty)
+//   VOTE           peer->master  u64 epoch u64 seq u32 tag u8 vote (Vote)
+//                  the commit round of all-reduce (epoch, tag, seq): YES = this peer holds
+//                  its whole result; QUERY = a member was reported dead mid-operation, may
+//                  this peer go on?; NO = this peer aborted the operation
+//   VERDICT        master->peer  u64 epoch u64 seq u32 tag u8 verdict (Verdict)
+//                                u32 n_dead u64 dead[n_dead]
+//                  COMMIT once every member of the epoch voted YES; ABORT as soon as a
+//                  member voted NO or is gone without a YES (dead: the members gone
+//                  without a YES); CONTINUE answers a QUERY whose dead all voted YES
+//
+// Types 10..14 belong to the data plane (ring.hpp); the control decoder refuses them.
 //
 // The decoder checks the header first (magic, version, known type, length cap)
 // so a reader can refuse a frame before buffering its payload, then the payload
@@ -39,7 +50,7 @@
 namespace pyhpc::ccl {
 
 constexpr uint32_t kMagic = 0x4C434350u;
-constexpr uint16_t kProtocolVersion = 1;
+constexpr uint16_t kProtocolVersion = 2;  // 2: VOTE/VERDICT (commit round)
 constexpr size_t kHeaderSize = 12;
 constexpr size_t kNonceSize = 32;
 constexpr size_t kMaxHost = 255;
@@ -56,9 +67,16 @@ enum class MsgType : uint16_t {
   kTopology = 7,
   kPeerFailed = 8,
   kLeave = 9,
+  kVote = 15,
+  kVerdict = 16,
 };
 constexpr uint16_t kMinType = 1;
-constexpr uint16_t kMaxType = 9;
+constexpr uint16_t kMaxType = 16;
+// A control-plane type (1..9, 15, 16).
+bool is_control_type(uint16_t type);
+
+enum class Vote : uint8_t { kNo = 0, kYes = 1, kQuery = 2 };
+enum class Verdict : uint8_t { kCommit = 1, kAbort = 2, kContinue = 3 };
 
 enum class FailReason : uint16_t { kClosed = 1, kTimeout = 2, kProtocol = 3 };
 
@@ -83,10 +101,12 @@ struct Message {
   uint16_t code = 0;                        // ERROR code, PEER_FAILED reason
   uint16_t port = 0;                        // AUTH
   std::string text;                         // AUTH host, ERROR text
-  uint64_t epoch = 0;                       // TOPOLOGY
+  uint64_t epoch = 0;                       // TOPOLOGY, VOTE, VERDICT
   uint32_t your_rank = 0;
-  std::vector<uint64_t> dead, left;
+  std::vector<uint64_t> dead, left;         // TOPOLOGY; dead: VERDICT too
   std::vector<PeerInfo> peers;
+  uint32_t tag = 0;    // VOTE, VERDICT (with epoch, seq)
+  uint8_t vote = 0;    // VOTE: Vote; VERDICT: Verdict
 };
 
 struct Header {

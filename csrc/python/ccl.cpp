@@ -41,6 +41,7 @@ T get(const py::dict& d, const char* key, T dflt) {
 
 MsgType type_from_name(const std::string& name) {
   for (uint16_t t = kMinType; t <= kMaxType; ++t) {
+    if (!is_control_type(t)) continue;
     std::string n = type_name(static_cast<MsgType>(t));
     for (auto& ch : n) ch = char(std::tolower(static_cast<unsigned char>(ch)));
     if (n == name) return static_cast<MsgType>(t);
@@ -100,6 +101,14 @@ py::dict message_dict(const Message& m, uint16_t version) {
       break;
     case MsgType::kLeave:
       break;
+    case MsgType::kVote:
+    case MsgType::kVerdict:
+      d["epoch"] = m.epoch;
+      d["tag"] = m.tag;
+      d["seq"] = m.seq;
+      d[m.type == MsgType::kVote ? "vote" : "verdict"] = m.vote;
+      if (m.type == MsgType::kVerdict) d["dead"] = m.dead;
+      break;
   }
   return d;
 }
@@ -116,6 +125,8 @@ Message message_from_dict(const py::dict& d) {
   m.text = get<std::string>(d, m.type == MsgType::kAuth ? "host" : "text", "");
   m.epoch = get<uint64_t>(d, "epoch", 0);
   m.your_rank = get<uint32_t>(d, "rank", 0);
+  m.tag = get<uint32_t>(d, "tag", 0);
+  m.vote = get<uint8_t>(d, m.type == MsgType::kVerdict ? "verdict" : "vote", 0);
   m.dead = get<std::vector<uint64_t>>(d, "dead", {});
   m.left = get<std::vector<uint64_t>>(d, "left", {});
   if (d.contains("peers"))
@@ -209,6 +220,9 @@ PYBIND11_MODULE(_ccl, m) {
           f.append(py::make_tuple(x.id, static_cast<int>(x.reason), x.unix_time));
         d["failures"] = f;
         d["rejected"] = s.rejected;
+        d["commits"] = s.commits;
+        d["aborts"] = s.aborts;
+        d["continues"] = s.continues;
         return d;
       });
 
@@ -282,7 +296,7 @@ PYBIND11_MODULE(_ccl, m) {
       .def("all_reduce",
            [](DataPlane& self, Peer& peer, uintptr_t in, uintptr_t out, uint64_t count,
               int dtype, int op, uint32_t tag, double timeout, size_t chunk_bytes,
-              double test_chunk_delay) {
+              double test_chunk_delay, int test_exit_at) {
              if (dtype < 1 || dtype > 6 || op < 1 || op > 4)
                pyhpc::raise_status(
                    PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "bad dtype %d or op %d", dtype, op));
@@ -296,6 +310,7 @@ PYBIND11_MODULE(_ccl, m) {
              a.timeout_s = timeout;
              a.chunk_bytes = chunk_bytes;
              a.test_chunk_delay_s = test_chunk_delay;
+             a.test_exit_at = test_exit_at;
              std::vector<uint64_t> failed;
              pyhpc_status s;
              {
@@ -312,5 +327,5 @@ PYBIND11_MODULE(_ccl, m) {
            },
            py::arg("peer"), py::arg("inp"), py::arg("out"), py::arg("count"), py::arg("dtype"),
            py::arg("op"), py::arg("tag"), py::arg("timeout"), py::arg("chunk_bytes"),
-           py::arg("test_chunk_delay") = 0.0);
+           py::arg("test_chunk_delay") = 0.0, py::arg("test_exit_at") = 0);
 }

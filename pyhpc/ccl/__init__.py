@@ -54,6 +54,8 @@ DEFAULT_UPDATE_TIMEOUT = 60.0
 DEFAULT_OP_TIMEOUT = 30.0
 DEFAULT_CHUNK_BYTES = 1 << 19
 _MAX_TAG = 2**32 - 1
+# Tests only: the process _exit()s right before / right after its YES vote in the commit round.
+_EXIT_AT = {None: 0, "before_vote": 1, "after_vote": 2}
 
 _OPS = {"sum": 1, "avg": 2, "min": 3, "max": 4}
 _DTYPES = {np.dtype(np.float16): 1, np.dtype(np.float32): 3, np.dtype(np.float64): 4,
@@ -196,7 +198,9 @@ class Master:
 
     def stats(self) -> dict:
         """epoch, members (ids, rank order), pending (ids), failures [(id, reason, unix time)],
-        rejected (connections dropped at or before authentication)."""
+        rejected (connections dropped at or before authentication), commits / aborts
+        (all-reduce commit rounds decided each way), continues (QUERYs answered CONTINUE:
+        a peer told of a death mid-operation went on because the dead had voted YES)."""
         return self._impl.stats()
 
     def __enter__(self) -> "Master":
@@ -346,7 +350,7 @@ class Communicator:
 
     def all_reduce(self, array, op: str = "sum", out=None, tag: int = 0,
                    timeout: float | None = None, *, _chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                   _chunk_delay: float = 0.0):
+                   _chunk_delay: float = 0.0, _exit_at: str | None = None):
         """Reduce ``array`` over every member (blocking); returns the result.
 
         op: "sum", "avg" (sum / world size; floor division for integers), "min",
@@ -357,9 +361,15 @@ class Communicator:
         untouched). 16-bit floats are accumulated in float32 and rounded once.
         Every peer gets bit-identical results.
 
-        On :class:`PeerFailure` (a member died, froze, or ``timeout`` seconds,
-        default ``op_timeout``, passed) ``array`` and ``out`` are untouched:
-        call :meth:`update_topology` and retry. ``tag`` (0..2**32-1) selects the
+        The outcome is agreed through the master (a commit round): either
+        every surviving peer returns the full result, or every one raises.
+        On :class:`PeerFailure` (a member died, froze or aborted before it held
+        its whole result, or ``timeout`` seconds, default ``op_timeout``,
+        passed) ``array`` and ``out`` are untouched: call :meth:`update_topology`
+        and retry. A member that dies after it held its whole result does not
+        stop the others from committing (its contribution is in the result).
+        If the master is lost during the commit round the peers raise
+        :class:`pyhpc.PeerError` (or TimeoutError if it froze), output untouched. ``tag`` (0..2**32-1) selects the
         channel: operations with different tags may run at the same time from
         different threads; the ones with one tag run in the order called, which
         must be the same on every peer.
@@ -391,10 +401,12 @@ class Communicator:
         timeout = self.op_timeout if timeout is None else float(timeout)
         if timeout <= 0:
             raise InvalidArgumentError("all_reduce: timeout must be > 0")
+        if _exit_at not in _EXIT_AT:
+            raise InvalidArgumentError(f"all_reduce: _exit_at must be one of {sorted(_EXIT_AT, key=str)}")
         self.raise_if_failed()
         failed, why = self._data.all_reduce(
             self._impl, array.ctypes.data, out.ctypes.data, array.size, code, _OPS[op],
-            int(tag), timeout, int(_chunk_bytes), float(_chunk_delay))
+            int(tag), timeout, int(_chunk_bytes), float(_chunk_delay), _EXIT_AT[_exit_at])
         if failed:
             raise PeerFailure(f"all_reduce: peer(s) {', '.join(map(str, failed))} failed ({why}); "
                               f"inputs restored; call update_topology() and retry",
