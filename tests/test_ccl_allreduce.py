@@ -24,7 +24,7 @@ import pyhpc
 from pyhpc import _ccl
 from pyhpc.ccl import Communicator, Master, PeerFailure
 
-from test_ccl_procs import PeerProc, SECRET  # noqa: F401 - the same peer harness
+from test_ccl_procs import SECRET, PeerProc, start_world  # noqa: F401 - the same peer harness
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -128,14 +128,7 @@ def ring(tmp_path):
     masters, procs = [], []
 
     def start(n, heartbeat_timeout=2.0):
-        master = Master(secret=SECRET, heartbeat_timeout=heartbeat_timeout).start()
-        masters.append(master)
-        peers = [ARPeer(master.address, tmp_path) for _ in range(n)]
-        procs.extend(peers)
-        for p in peers:
-            p.send(f"grow {n}")
-        ups = [p.recv(20) for p in peers]
-        assert all(u["event"] == "update" and u["world"] == n for u in ups), ups
+        master, peers, ups = start_world(masters, procs, ARPeer, tmp_path, n, heartbeat_timeout, recv_timeout=20)
         for p, u in zip(peers, ups):
             p.rank, p.port = u["rank"], u["port"]
         return master, sorted(peers, key=lambda p: p.rank)

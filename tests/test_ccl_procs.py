@@ -108,21 +108,27 @@ class PeerProc:
                 pass
 
 
+def start_world(masters, procs, peer_class, tmp_path, n, heartbeat_timeout=2.0, recv_timeout=15):
+    """A master and n peer processes of ``peer_class`` grown into one world of n (both
+    recorded in ``masters``/``procs`` for cleanup); (master, peers, their update events)."""
+    master = Master(secret=SECRET, heartbeat_timeout=heartbeat_timeout).start()
+    masters.append(master)
+    peers = [peer_class(master.address, tmp_path) for _ in range(n)]
+    procs.extend(peers)
+    for p in peers:
+        p.send(f"grow {n}")
+    ups = [p.recv(recv_timeout) for p in peers]
+    assert all(u["event"] == "update" and u["world"] == n for u in ups), ups
+    return master, peers, ups
+
+
 @pytest.fixture
 def cluster(tmp_path):
     """start(n) -> n peer processes joined into one world of n."""
     masters, procs = [], []
 
     def start(n, heartbeat_timeout=2.0):
-        master = Master(secret=SECRET, heartbeat_timeout=heartbeat_timeout).start()
-        masters.append(master)
-        peers = [PeerProc(master.address, tmp_path) for _ in range(n)]
-        procs.extend(peers)
-        for p in peers:
-            p.send(f"grow {n}")
-        ups = [p.recv() for p in peers]
-        assert all(u["event"] == "update" and u["world"] == n for u in ups), ups
-        return master, peers, ups
+        return start_world(masters, procs, PeerProc, tmp_path, n, heartbeat_timeout)
 
     def spawn(master):
         p = PeerProc(master.address, tmp_path)
