@@ -7,6 +7,10 @@ Baseline: the job's MPI_Allreduce (mpi4py) of the same buffers. Both time a
 repetition as the slowest rank's, after a barrier. The 4 KiB case is the
 latency. Rate: bus bandwidth, bytes x 2(n-1)/n (as in ``allreduce``); limit:
 loopback TCP bandwidth, measured on rank 0 in the same job.
+
+Quantized rows (``quantize="minmax_uint8"``, at 4 and 16 MiB): time against the
+same MPI_Allreduce, and the bytes rank 0 sent per repetition, quantized and
+float32, with their ratio (goal: 4x fewer).
 """
 
 from __future__ import annotations
@@ -82,6 +86,9 @@ def run(ctx: Context) -> list[Measurement]:
                                ("baseline", "MPI_Allreduce (mpi4py)")):
                 rows.append(Measurement(label, impl, role, timed[role], x=nbytes,
                                         bytes_per_rep=bus, limit=limit.case))
+            if nbytes >= (4 << 20):
+                rows += quantized_rows(ctx, peer, comm, MPI, label, nbytes, send, mine, theirs,
+                                       reps, bus, limit.case)
         comm.Barrier()
         return rows
     finally:
@@ -89,6 +96,36 @@ def run(ctx: Context) -> list[Measurement]:
         comm.Barrier()
         if master is not None:
             master.stop()
+
+
+def quantized_rows(ctx, peer, comm, MPI, label, nbytes, send, mine, theirs, reps, bus, limit_case):
+    rng = np.random.default_rng(ctx.rank)
+    data = rng.standard_normal(send.size).astype(np.float32)
+    peer.all_reduce(send, out=mine)
+    plain_bytes = peer.last_bytes_sent
+    peer.all_reduce(data, out=mine, quantize="minmax_uint8")
+    q_bytes = peer.last_bytes_sent
+    ref = np.empty_like(theirs)
+    comm.Allreduce(data, ref, op=MPI.SUM)
+    err = float(np.abs(mine.astype(np.float64) - ref).max())
+    scale = float(np.abs(ref).max()) or 1.0
+    if not err < 0.05 * scale:  # checked once, so a broken ring cannot look fast
+        raise RuntimeError(f"quantized all_reduce error {err} vs max {scale}")
+    timed = interleave({
+        "pyhpc": lambda n: ctx.time_reps(
+            lambda: peer.all_reduce(data, out=mine, quantize="minmax_uint8"), WARMUP, n),
+        "baseline": lambda n: ctx.time_reps(
+            lambda: comm.Allreduce(data, theirs, op=MPI.SUM), WARMUP, n),
+    }, reps)
+    case = f"{label} quantized"
+    note = (f"pyhpc.ccl ring, minmax_uint8: rank 0 sent {q_bytes} B vs {plain_bytes} B "
+            f"float32 ({plain_bytes / max(q_bytes, 1):.2f}x fewer), max error {err:.3g}")
+    metrics = {"bytes_sent": float(q_bytes), "float32_bytes_sent": float(plain_bytes),
+               "bytes_ratio": plain_bytes / max(q_bytes, 1), "max_abs_error": err}
+    return [Measurement(case, note, "pyhpc", timed["pyhpc"], x=nbytes, bytes_per_rep=bus,
+                        limit=limit_case, metrics=metrics),
+            Measurement(case, "MPI_Allreduce (mpi4py)", "baseline", timed["baseline"], x=nbytes,
+                        bytes_per_rep=bus, limit=limit_case)]
 
 
 BENCHMARK = Benchmark(

@@ -43,6 +43,8 @@ def make_input(pid: int, dtype: str, size: int, seed: int, kind: str) -> np.ndar
     dt = np.dtype(getattr(ml_dtypes, dtype) if dtype == "bfloat16" else dtype)
     if kind == "random" and dt.kind == "f":
         return rng.standard_normal(size).astype(dt)
+    if kind == "const":  # one value per peer: exact under min-max quantization
+        return np.full(size, 0.25 * (pid % 7) + 1.0, dt)
     return rng.integers(-50, 51, size).astype(dt)  # exact in every dtype and any order
 
 
@@ -77,6 +79,8 @@ for line in sys.stdin:
             a = make_input(c.id, spec["dtype"], spec["size"], spec["seed"], spec["kind"])
             if spec.get("size_override") is not None:
                 a = a[:spec["size_override"]].copy()
+            if spec.get("nan") and a.size:
+                a[a.size // 2] = np.nan
             orig = a.copy()
             res = np.zeros_like(a) if spec.get("out") else None
             t0 = time.time()
@@ -85,7 +89,7 @@ for line in sys.stdin:
                                  timeout=spec.get("timeout", 20),
                                  _chunk_bytes=spec.get("chunk", 1 << 19),
                                  _chunk_delay=spec.get("delay", 0.0),
-                                 _exit_at=spec.get("exit_at"))
+                                 _exit_at=spec.get("exit_at"), quantize=spec.get("quantize"))
             except PeerFailure as e:
                 out(event="peer_failure", ids=e.peer_ids, msg=str(e), t=time.time() - t0,
                     restored=bool(a.tobytes() == orig.tobytes()),
@@ -95,7 +99,7 @@ for line in sys.stdin:
                 out(event="error", type="input modified", msg="")
                 continue
             np.save(spec["path"], r)
-            out(event="done", path=spec["path"], t=time.time() - t0)
+            out(event="done", path=spec["path"], t=time.time() - t0, bytes=c.last_bytes_sent)
         elif cmd[0] == "leave":
             c.leave()
             out(event="left")

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <type_traits>
 
 #include "ccl/sha256.hpp"
@@ -26,6 +27,7 @@ struct DataPlane::Channel {
   uint64_t left_id = 0, right_id = 0;
   uint64_t seq = 0;
   std::vector<uint8_t> work, stage;
+  std::vector<uint8_t> qcodes, qparams, qsend, qstage;  // quantized mode
   void close_fds() {
     if (send_fd >= 0) ::close(send_fd);
     if (recv_fd >= 0) ::close(recv_fd);
@@ -39,7 +41,8 @@ namespace {
 constexpr char kDataLabel[] = "pccl-data";
 constexpr char kDataOkLabel[] = "pccl-data-ok";
 constexpr size_t kHelloSize = 32 + 32 + 8 + 8 + 4;
-constexpr size_t kOpSize = 8 + 8 + 4 + 4 + 1 + 1 + 8;
+constexpr size_t kOpSize = 8 + 8 + 4 + 4 + 1 + 1 + 8 + 1 + 1;
+constexpr size_t kQParams = 8;  // f32 min, f32 scale ahead of a quantized chunk's codes
 constexpr double kHandshakeTimeout = 2.0;
 constexpr int kPollSliceMs = 10;
 constexpr int kSockBuf = 4 << 20;
@@ -302,6 +305,76 @@ void store_work(DType t, ReduceOp op, const void* work, void* out, size_t n, uin
     }
   }
   if (n) std::memcpy(out, work, n * dtype_size(t));
+}
+
+// ---- min-max uint8 quantization ---------------------------------------------
+
+void put_f32(uint8_t* p, float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  put_le(p, x, 4);
+}
+float get_f32(const uint8_t* p) {
+  uint32_t x = uint32_t(get_le(p, 4));
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
+
+// codes[i] = round((v[i] - min) / scale) in 0..255, params = (min, scale).
+void quantize_chunk(const float* v, size_t n, uint8_t* codes, uint8_t* params) {
+  float lo = 0, hi = 0;
+  if (n) lo = hi = v[0];
+  for (size_t i = 1; i < n; ++i) {
+    lo = v[i] < lo ? v[i] : lo;
+    hi = v[i] > hi ? v[i] : hi;
+  }
+  float scale = (hi - lo) / 255.0f;
+  if (!std::isfinite(lo) || !std::isfinite(hi) || !std::isfinite(scale)) {
+    // A partial sum overflowed float32: the chunk is NaN on every peer.
+    lo = scale = std::numeric_limits<float>::quiet_NaN();
+    if (n) std::memset(codes, 0, n);
+  } else if (scale == 0) {
+    if (n) std::memset(codes, 0, n);
+  } else {
+    const float inv = 1.0f / scale;
+    for (size_t i = 0; i < n; ++i) {
+      float q = (v[i] - lo) * inv;
+      codes[i] = q <= 0.0f ? uint8_t(0) : q >= 255.0f ? uint8_t(255) : uint8_t(q + 0.5f);
+    }
+  }
+  put_f32(params, lo);
+  put_f32(params + 4, scale);
+}
+
+// The one dequantization every peer uses. scale * code is exact in double
+// (24 + 8 bits), so the result does not depend on FMA contraction.
+inline float dequant(double lo, double scale, uint8_t c) {
+  return float(lo + scale * double(c));
+}
+
+// dst[i] = dequant(code[i]) (+ dst[i] when `add`).
+void dequantize_chunk(const uint8_t* params, const uint8_t* codes, size_t n, float* dst,
+                      bool add) {
+  const double lo = get_f32(params), scale = get_f32(params + 4);
+  if (add) {
+    for (size_t i = 0; i < n; ++i) dst[i] = dequant(lo, scale, codes[i]) + dst[i];
+  } else {
+    for (size_t i = 0; i < n; ++i) dst[i] = dequant(lo, scale, codes[i]);
+  }
+}
+
+// Quantized mode: float32 work from any float input; false if non-finite.
+bool load_work_q(DType t, const void* in, float* work, size_t n) {
+  if (t == DType::kF64) {
+    const double* s = static_cast<const double*>(in);
+    for (size_t i = 0; i < n; ++i) work[i] = float(s[i]);
+  } else {
+    load_work(t, in, work, n);
+  }
+  bool finite = true;
+  for (size_t i = 0; i < n; ++i) finite &= std::isfinite(work[i]);
+  return finite;
 }
 
 const char* dtype_name(uint8_t t) {
@@ -580,6 +653,15 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
   if (dtype_size(a.dtype) == 0 || a.op < ReduceOp::kSum || a.op > ReduceOp::kMax)
     return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "unsupported dtype or op");
   if (a.timeout_s <= 0) return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "timeout must be > 0");
+  if (a.data_bytes_sent) *a.data_bytes_sent = 0;
+  const bool quant = a.quant == Quant::kMinMaxU8;
+  if (a.quant != Quant::kNone && !quant)
+    return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "unknown quantization %u", unsigned(a.quant));
+  if (quant && (a.dtype == DType::kI32 || a.dtype == DType::kI64 ||
+                (a.op != ReduceOp::kSum && a.op != ReduceOp::kAvg)))
+    return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT,
+                      "quantized all_reduce takes float16/bfloat16/float32/float64 with op sum "
+                      "or avg");
   if (a.chunk_bytes == 0 || a.chunk_bytes > kMaxChunkBytes)
     return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "chunk_bytes must be in 1..%zu",
                       kMaxChunkBytes);
@@ -597,9 +679,16 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
 
   Channel& ch = *channel(a.tag);
   std::lock_guard<std::mutex> op_lock(ch.op_mu);
-  const size_t wsize = work_size(a.dtype);
+  const size_t wsize = quant ? sizeof(float) : work_size(a.dtype);
   if (n == 1) {
     std::vector<uint8_t> work(a.count * wsize);
+    if (quant) {  // nothing travels, so nothing is quantized; non-finite still refused
+      if (!load_work_q(a.dtype, a.in, reinterpret_cast<float*>(work.data()), a.count))
+        return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT,
+                          "quantized all_reduce: the input of rank 0 holds NaN or inf");
+      if (a.count && a.out != a.in) std::memmove(a.out, a.in, a.count * dtype_size(a.dtype));
+      return PYHPC_OK;
+    }
     load_work(a.dtype, a.in, work.data(), a.count);
     store_work(a.dtype, a.op, work.data(), a.out, a.count, 1);
     return PYHPC_OK;
@@ -647,6 +736,17 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
   // Members reported dead that the master said this op can do without.
   std::vector<uint64_t> cleared;
 
+  // The work buffer (float32 when quantized: loaded first, to flag non-finite
+  // inputs in the descriptor).
+  const uint64_t count = a.count;
+  if (ch.work.size() < count * wsize) ch.work.resize(count * wsize);
+  uint8_t* work = ch.work.data();
+  bool nonfinite = false;
+  if (quant)
+    nonfinite = !load_work_q(a.dtype, a.in, reinterpret_cast<float*>(work), count);
+  else
+    load_work(a.dtype, a.in, work, count);
+
   // (1) Descriptors round the ring: every peer learns every peer's op.
   std::vector<std::vector<uint8_t>> desc(n, std::vector<uint8_t>(kOpSize));
   {
@@ -658,6 +758,8 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
     d[24] = uint8_t(a.dtype);
     d[25] = uint8_t(a.op);
     put_le(d + 26, a.count, 8);
+    d[34] = uint8_t(a.quant);
+    d[35] = nonfinite ? 1 : 0;
   }
   for (uint32_t s = 0; s + 1 < n; ++s) {
     uint32_t send_origin = (rank + n - s) % n, recv_origin = (rank + n - s - 1) % n;
@@ -680,24 +782,28 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
   for (uint32_t r = 0; r < n; ++r) {
     const uint8_t* d = desc[r].data();
     uint64_t count = get_le(d + 26, 8);
-    if (d[24] != uint8_t(a.dtype) || d[25] != uint8_t(a.op) || count != a.count) {
+    if (d[24] != uint8_t(a.dtype) || d[25] != uint8_t(a.op) || count != a.count ||
+        d[34] != uint8_t(a.quant)) {
       // Every peer saw the same descriptors, so every peer fails here alike and
       // the channel stays in step.
       const uint8_t* m = desc[rank].data();
       return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT,
-                        "all_reduce arguments differ between peers: rank %u has %llu x %s op=%s, "
-                        "rank %u has %llu x %s op=%s",
+                        "all_reduce arguments differ between peers: rank %u has %llu x %s op=%s "
+                        "quantize=%s, rank %u has %llu x %s op=%s quantize=%s",
                         rank, static_cast<unsigned long long>(a.count), dtype_name(m[24]),
-                        op_name(m[25]), r, static_cast<unsigned long long>(count),
-                        dtype_name(d[24]), op_name(d[25]));
+                        op_name(m[25]), m[34] ? "minmax_uint8" : "none", r,
+                        static_cast<unsigned long long>(count), dtype_name(d[24]),
+                        op_name(d[25]), d[34] == 1 ? "minmax_uint8" : d[34] ? "?" : "none");
     }
   }
+  for (uint32_t r = 0; r < n; ++r)
+    if (desc[r][35])  // seen alike by every peer: all fail here alike
+      return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT,
+                        "quantized all_reduce: the input of rank %u holds NaN or inf (or a "
+                        "float64 value beyond float32's range)",
+                        r);
 
   // (2) The ring.
-  const uint64_t count = a.count;
-  if (ch.work.size() < count * wsize) ch.work.resize(count * wsize);
-  uint8_t* work = ch.work.data();
-  load_work(a.dtype, a.in, work, count);
   const uint64_t base = count / n, rem = count % n;
   auto seg_start = [&](uint32_t k) { return k * base + std::min<uint64_t>(k, rem); };
   auto seg_len = [&](uint32_t k) { return base + (k < rem ? 1 : 0); };
@@ -705,7 +811,15 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
   const uint64_t max_seg = base + (rem ? 1 : 0);
   const uint64_t C = (max_seg + chunk_elems - 1) / chunk_elems;
   const uint64_t steps = 2 * uint64_t(n - 1), total = steps * C;
-  if (ch.stage.size() < chunk_elems * wsize) ch.stage.resize(chunk_elems * wsize);
+  if (quant) {
+    if (ch.qcodes.size() < count) ch.qcodes.resize(count);
+    if (ch.qparams.size() < n * C * kQParams) ch.qparams.resize(n * C * kQParams);
+    if (ch.qsend.size() < kQParams + chunk_elems) ch.qsend.resize(kQParams + chunk_elems);
+    if (ch.qstage.size() < kQParams + chunk_elems) ch.qstage.resize(kQParams + chunk_elems);
+  } else if (ch.stage.size() < chunk_elems * wsize) {
+    ch.stage.resize(chunk_elems * wsize);
+  }
+  auto qparams = [&](uint32_t k, uint64_t j) { return ch.qparams.data() + (k * C + j) * kQParams; };
   // Segment a step sends / receives.
   auto send_seg = [&](uint64_t s) {
     return s < n - 1 ? uint32_t((rank + n - s) % n) : uint32_t((rank + 1 + n - (s - (n - 1))) % n);
@@ -721,25 +835,56 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
     *len = (hi - lo) * wsize;
   };
 
-  uint64_t sent = 0, recvd = 0;
+  uint64_t sent = 0, recvd = 0, bytes_sent = 0;
   uint8_t shdr[kHeaderSize + kDataSubHeader];
   uint64_t s_off = 0, s_len = 0, s_done = 0;  // current outgoing frame
+  const uint8_t* s_part[2] = {nullptr, nullptr};  // its payload, in up to two pieces
+  uint64_t s_part_len[2] = {0, 0};
   bool s_active = false;
   uint8_t rhdr[kHeaderSize + kDataSubHeader];
   size_t r_hgot = 0;
-  uint64_t r_off = 0, r_len = 0, r_got = 0;
+  uint64_t r_off = 0, r_len = 0, r_got = 0, r_plen = 0;
   uint8_t* r_dst = nullptr;
   auto last_check = Clock::now();
   while (sent < total || recvd < total) {
     if (!s_active && sent < total && (sent < C || recvd > sent - C)) {
       uint64_t s = sent / C, j = sent % C;
-      chunk_range(send_seg(s), j, &s_off, &s_len);
-      put_header(shdr, version_, kData, uint32_t(kDataSubHeader + s_len));
+      uint32_t k = send_seg(s);
+      chunk_range(k, j, &s_off, &s_len);
+      if (!quant) {
+        s_part[0] = work + s_off;
+        s_part_len[0] = s_len;
+        s_part[1] = nullptr;
+        s_part_len[1] = 0;
+      } else {
+        const uint64_t e = s_len / wsize;
+        float* w = reinterpret_cast<float*>(work + s_off);
+        if (s < n - 1) {  // reduce-scatter: this hop's partial sum
+          quantize_chunk(w, e, ch.qsend.data() + kQParams, ch.qsend.data());
+          s_part[0] = ch.qsend.data();
+          s_part_len[0] = kQParams + e;
+          s_part[1] = nullptr;
+          s_part_len[1] = 0;
+        } else {  // all-gather: the segment's one quantization, forwarded as is
+          uint8_t* prm = qparams(k, j);
+          uint8_t* codes = ch.qcodes.data() + s_off / wsize;
+          if (s == n - 1) {  // the owner: quantize once, keep what everyone gets
+            quantize_chunk(w, e, codes, prm);
+            dequantize_chunk(prm, codes, e, w, false);
+          }
+          s_part[0] = prm;
+          s_part_len[0] = kQParams;
+          s_part[1] = codes;
+          s_part_len[1] = e;
+        }
+      }
+      const uint64_t plen = s_part_len[0] + s_part_len[1];
+      put_header(shdr, version_, kData, uint32_t(kDataSubHeader + plen));
       put_le(shdr + kHeaderSize, seq, 8);
       put_le(shdr + kHeaderSize + 8, a.tag, 4);
       put_le(shdr + kHeaderSize + 12, s, 4);
       put_le(shdr + kHeaderSize + 16, j, 4);
-      put_le(shdr + kHeaderSize + 20, 0, 4);
+      put_le(shdr + kHeaderSize + 20, uint8_t(a.quant), 4);
       s_done = 0;
       s_active = true;
     }
@@ -770,11 +915,20 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
     }
     if (s_active && (fds[0].revents & (POLLOUT | POLLERR | POLLHUP))) {
       const size_t hl = sizeof shdr;
-      iovec iov[2];
+      iovec iov[3];
       int niov = 0;
-      if (s_done < hl) iov[niov++] = {shdr + s_done, hl - s_done};
-      uint64_t pdone = s_done > hl ? s_done - hl : 0;
-      if (s_len > pdone) iov[niov++] = {work + s_off + pdone, size_t(s_len - pdone)};
+      const uint8_t* pieces[3] = {shdr, s_part[0], s_part[1]};
+      const uint64_t piece_len[3] = {hl, s_part_len[0], s_part_len[1]};
+      uint64_t pos = s_done, frame_len = 0;
+      for (int q = 0; q < 3; ++q) {
+        frame_len += piece_len[q];
+        if (pos < piece_len[q]) {
+          iov[niov++] = {const_cast<uint8_t*>(pieces[q]) + pos, size_t(piece_len[q] - pos)};
+          pos = 0;
+        } else {
+          pos -= piece_len[q];
+        }
+      }
       msghdr mh{};
       mh.msg_iov = iov;
       mh.msg_iovlen = size_t(niov);
@@ -782,8 +936,11 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
       if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
         return peer_failure(ch.right_id, std::string("sending to the right neighbour: ") +
                                              std::strerror(errno));
-      if (k > 0) s_done += uint64_t(k);
-      if (s_done == hl + s_len) {
+      if (k > 0) {
+        s_done += uint64_t(k);
+        bytes_sent += uint64_t(k);
+      }
+      if (s_done == frame_len) {
         s_active = false;
         ++sent;
       }
@@ -794,7 +951,7 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
       if (r_hgot < sizeof rhdr) {
         k = ::recv(ch.recv_fd, rhdr + r_hgot, sizeof rhdr - r_hgot, MSG_DONTWAIT);
       } else {
-        k = ::recv(ch.recv_fd, r_dst + r_got, size_t(r_len - r_got), MSG_DONTWAIT);
+        k = ::recv(ch.recv_fd, r_dst + r_got, size_t(r_plen - r_got), MSG_DONTWAIT);
       }
       if (k == 0)
         return peer_failure(ch.left_id, "the left neighbour closed the connection");
@@ -812,10 +969,11 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
             return abort(PYHPC_ERR_PROTOCOL);
           uint32_t seg = recv_seg(s);
           chunk_range(seg, j, &r_off, &r_len);
+          const uint64_t plen = quant ? kQParams + r_len / wsize : r_len;
           const uint8_t* sh = rhdr + kHeaderSize;
-          if (h.type != kData || h.length != kDataSubHeader + r_len || get_le(sh, 8) != seq ||
+          if (h.type != kData || h.length != kDataSubHeader + plen || get_le(sh, 8) != seq ||
               get_le(sh + 8, 4) != a.tag || get_le(sh + 12, 4) != s ||
-              get_le(sh + 16, 4) != j || get_le(sh + 20, 4) != 0)
+              get_le(sh + 16, 4) != j || get_le(sh + 20, 4) != uint8_t(a.quant))
             return abort(PYHPC_FAIL(PYHPC_ERR_PROTOCOL,
                                     "data plane: unexpected DATA frame (type %u, %u bytes) for "
                                     "op %llu step %llu chunk %llu",
@@ -823,15 +981,29 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
                                     static_cast<unsigned long long>(seq),
                                     static_cast<unsigned long long>(s),
                                     static_cast<unsigned long long>(j)));
-          r_dst = s < n - 1 ? ch.stage.data() : work + r_off;
+          r_dst = quant ? ch.qstage.data() : s < n - 1 ? ch.stage.data() : work + r_off;
           r_got = 0;
+          r_plen = plen;
         }
       } else {
         r_got += uint64_t(k);
       }
-      if (r_hgot == sizeof rhdr && r_got == r_len) {
-        if (s < n - 1)
+      if (r_hgot == sizeof rhdr && r_got == r_plen) {
+        if (quant) {
+          const uint64_t e = r_len / wsize;
+          const uint8_t* prm = ch.qstage.data();
+          const uint8_t* codes = prm + kQParams;
+          float* w = reinterpret_cast<float*>(work + r_off);
+          if (s < n - 1) {
+            dequantize_chunk(prm, codes, e, w, true);
+          } else {  // keep the exact bytes to forward, and use them
+            std::memcpy(qparams(recv_seg(s), j), prm, kQParams);
+            if (e) std::memcpy(ch.qcodes.data() + r_off / wsize, codes, e);
+            dequantize_chunk(prm, codes, e, w, false);
+          }
+        } else if (s < n - 1) {
           reduce_work(a.dtype, work + r_off, ch.stage.data(), size_t(r_len / wsize), a.op);
+        }
         ++recvd;
         r_hgot = 0;
         if (a.test_chunk_delay_s > 0)
@@ -862,7 +1034,16 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
   if (st != PYHPC_OK) return abort(st);  // lost the master: a clean error, output untouched
   if (v != Verdict::kCommit)
     return aborted_by_master(std::move(dead), "a member failed or aborted before finishing");
-  store_work(a.dtype, a.op, work, a.out, count, n);
+  if (quant && a.dtype == DType::kF64) {
+    const float* w = reinterpret_cast<const float*>(work);
+    double* o = static_cast<double*>(a.out);
+    const bool avg = a.op == ReduceOp::kAvg;
+    for (uint64_t i = 0; i < count; ++i) o[i] = avg ? double(w[i]) / double(n) : double(w[i]);
+  } else {
+    store_work(quant ? (a.dtype == DType::kF64 ? DType::kF32 : a.dtype) : a.dtype, a.op, work,
+               a.out, count, n);
+  }
+  if (a.data_bytes_sent) *a.data_bytes_sent = bytes_sent;
   return PYHPC_OK;
 }
 

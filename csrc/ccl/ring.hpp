@@ -22,7 +22,9 @@
 // then against the exact length the schedule expects:
 //
 //   OP    u64 epoch u64 seq u32 tag u32 origin_rank u8 dtype u8 op u64 count
-//   DATA  u64 seq u32 tag u32 step u32 chunk u32 zero, then the chunk's bytes
+//         u8 quantize u8 nonfinite
+//   DATA  u64 seq u32 tag u32 step u32 chunk u32 quantize, then the chunk's bytes
+//         (quantize 1: f32 min, f32 scale, then one uint8 code per element)
 //
 // One operation: (1) the OP descriptors go round the ring (n-1 steps) so every
 // peer sees every peer's dtype/op/count and all fail alike on a mismatch;
@@ -39,6 +41,19 @@
 //
 // Segment k is reduced in one fixed order (peer k first, then k+1, ...) by one
 // peer and then copied to all: every peer ends bit-identical.
+//
+// Quantized (min-max uint8, float16/bfloat16/float32/float64 in, sum/avg): the
+// work buffer is float32. In the reduce-scatter every chunk travels as
+// (min, scale = (max - min) / 255, codes = round((v - min) / scale) clamped to
+// 0..255); the receiver adds the dequantized values min + scale * code to its
+// own in float32 and re-quantizes for the next hop. The owner of a segment
+// quantizes its fully reduced chunks once, replaces its own values by their
+// dequantization, and that exact payload goes round the all-gather: every peer
+// dequantizes the same bytes with the same function, so all are bit-identical.
+// Each quantization moves a value by at most scale/2 (n per element: n-1 hops
+// and the all-gather). Non-finite inputs are flagged in OP: every peer then
+// fails with INVALID_ARGUMENT before any data moves. A partial sum that
+// overflows float32 makes its chunk NaN on every peer.
 #pragma once
 
 #include <condition_variable>
@@ -59,6 +74,7 @@ namespace pyhpc::ccl {
 
 enum class DType : uint8_t { kF16 = 1, kBF16 = 2, kF32 = 3, kF64 = 4, kI32 = 5, kI64 = 6 };
 enum class ReduceOp : uint8_t { kSum = 1, kAvg = 2, kMin = 3, kMax = 4 };
+enum class Quant : uint8_t { kNone = 0, kMinMaxU8 = 1 };
 
 constexpr uint16_t kDataChallenge = 10;
 constexpr uint16_t kDataHello = 11;
@@ -80,11 +96,15 @@ struct AllReduceArgs {
   uint64_t count = 0;
   DType dtype = DType::kF32;
   ReduceOp op = ReduceOp::kSum;
+  Quant quant = Quant::kNone;
   uint32_t tag = 0;
   double timeout_s = 30.0;
   size_t chunk_bytes = size_t(1) << 19;
   double test_chunk_delay_s = 0;  // tests: sleep after each chunk received
   int test_exit_at = 0;  // tests: _exit(3) the process 1: right before its YES vote, 2: right after
+  // out (optional): bytes of DATA frames (headers included) this peer sent in
+  // the ring; set on success, 0 otherwise.
+  uint64_t* data_bytes_sent = nullptr;
 };
 
 class DataPlane {

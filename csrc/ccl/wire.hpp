@@ -50,7 +50,7 @@
 namespace pyhpc::ccl {
 
 constexpr uint32_t kMagic = 0x4C434350u;
-constexpr uint16_t kProtocolVersion = 2;  // 2: VOTE/VERDICT (commit round)
+constexpr uint16_t kProtocolVersion = 3;  // 2: VOTE/VERDICT (commit round); 3: quantize in OP descriptors
 constexpr size_t kHeaderSize = 12;
 constexpr size_t kNonceSize = 32;
 constexpr size_t kMaxHost = 255;

@@ -290,14 +290,14 @@ PYBIND11_MODULE(_ccl, m) {
         self.stop();
       })
       .def_property_readonly("port", &DataPlane::port)
-      // Returns ([], "") on success, (failed peer ids, message) on a peer
-      // failure; raises for anything else. Pointers: the caller keeps the
+      // Returns ([], "", data bytes sent) on success, (failed peer ids,
+      // message, 0) on a peer failure; raises for anything else. Pointers: the caller keeps the
       // arrays alive and checks their size.
       .def("all_reduce",
            [](DataPlane& self, Peer& peer, uintptr_t in, uintptr_t out, uint64_t count,
               int dtype, int op, uint32_t tag, double timeout, size_t chunk_bytes,
-              double test_chunk_delay, int test_exit_at) {
-             if (dtype < 1 || dtype > 6 || op < 1 || op > 4)
+              double test_chunk_delay, int test_exit_at, int quantize) {
+             if (dtype < 1 || dtype > 6 || op < 1 || op > 4 || quantize < 0 || quantize > 1)
                pyhpc::raise_status(
                    PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "bad dtype %d or op %d", dtype, op));
              AllReduceArgs a;
@@ -311,6 +311,9 @@ PYBIND11_MODULE(_ccl, m) {
              a.chunk_bytes = chunk_bytes;
              a.test_chunk_delay_s = test_chunk_delay;
              a.test_exit_at = test_exit_at;
+             a.quant = static_cast<Quant>(quantize);
+             uint64_t bytes = 0;
+             a.data_bytes_sent = &bytes;
              std::vector<uint64_t> failed;
              pyhpc_status s;
              {
@@ -320,12 +323,13 @@ PYBIND11_MODULE(_ccl, m) {
              if (s == PYHPC_ERR_PEER && !failed.empty()) {
                std::string why = pyhpc::last_error();
                pyhpc::clear_last_error();
-               return py::object(py::make_tuple(failed, why));
+               return py::object(py::make_tuple(failed, why, uint64_t(0)));
              }
              pyhpc::check(s);
-             return py::object(py::make_tuple(failed, std::string()));
+             return py::object(py::make_tuple(failed, std::string(), bytes));
            },
            py::arg("peer"), py::arg("inp"), py::arg("out"), py::arg("count"), py::arg("dtype"),
            py::arg("op"), py::arg("tag"), py::arg("timeout"), py::arg("chunk_bytes"),
-           py::arg("test_chunk_delay") = 0.0, py::arg("test_exit_at") = 0);
+           py::arg("test_chunk_delay") = 0.0, py::arg("test_exit_at") = 0,
+           py::arg("quantize") = 0);
 }

@@ -58,6 +58,7 @@ _MAX_TAG = 2**32 - 1
 _EXIT_AT = {None: 0, "before_vote": 1, "after_vote": 2}
 
 _OPS = {"sum": 1, "avg": 2, "min": 3, "max": 4}
+_QUANTIZE = {None: 0, "minmax_uint8": 1}
 _DTYPES = {np.dtype(np.float16): 1, np.dtype(np.float32): 3, np.dtype(np.float64): 4,
            np.dtype(np.int32): 5, np.dtype(np.int64): 6}
 try:  # bfloat16 is optional
@@ -251,6 +252,10 @@ class Communicator:
         self._version = int(_protocol_version)
         self._impl = _ccl.Peer()
         self._data = _ccl.DataPlane()
+        #: Bytes of ring data frames (frame headers included) this peer sent in its
+        #: last successful all_reduce (0 after a failure); with concurrent tags,
+        #: the last one to finish.
+        self.last_bytes_sent = 0
         self.op_timeout = DEFAULT_OP_TIMEOUT
         self._connected = False
         self._ids: set[int] = set()
@@ -349,7 +354,7 @@ class Communicator:
         return self._data.port
 
     def all_reduce(self, array, op: str = "sum", out=None, tag: int = 0,
-                   timeout: float | None = None, *, _chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                   timeout: float | None = None, quantize: str | None = None, *, _chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                    _chunk_delay: float = 0.0, _exit_at: str | None = None):
         """Reduce ``array`` over every member (blocking); returns the result.
 
@@ -373,6 +378,21 @@ class Communicator:
         channel: operations with different tags may run at the same time from
         different threads; the ones with one tag run in the order called, which
         must be the same on every peer.
+
+        ``quantize="minmax_uint8"`` (float16, bfloat16, float32, float64 with
+        op sum or avg): every chunk travels as uint8 codes plus its float32
+        (min, scale = (max - min) / 255), about 4x fewer bytes than float32.
+        Partial sums are re-quantized at each hop of the reduce-scatter and
+        accumulated in float32; each reduced segment is quantized once and
+        those exact bytes are what every peer (its owner included) dequantizes,
+        so all peers stay bit-identical. Error per element: at most the sum of
+        scale/2 over the n quantizations it went through (n - 1 hops and the
+        all-gather; divided by n for avg), plus float32 rounding. The setting
+        must match on every peer (InvalidArgumentError on all otherwise); NaN
+        or inf in any peer's input (or float64 beyond float32's range) makes
+        every peer raise InvalidArgumentError; a float32 overflow of a partial
+        sum makes that chunk NaN on every peer. A single peer returns its input.
+        :attr:`last_bytes_sent` counts the bytes this peer sent.
         """
         if not self._connected or not self._impl.admitted:
             raise InvalidArgumentError("all_reduce: not admitted yet; call update_topology()")
@@ -401,12 +421,22 @@ class Communicator:
         timeout = self.op_timeout if timeout is None else float(timeout)
         if timeout <= 0:
             raise InvalidArgumentError("all_reduce: timeout must be > 0")
+        if quantize not in _QUANTIZE:
+            raise InvalidArgumentError(f"all_reduce: quantize must be None or 'minmax_uint8', "
+                                       f"got {quantize!r}")
+        if quantize is not None and (array.dtype.kind != "f" and array.dtype.name != "bfloat16"
+                                     or op not in ("sum", "avg")):
+            raise InvalidArgumentError("all_reduce: quantize='minmax_uint8' takes float16, "
+                                       "bfloat16, float32 or float64 with op 'sum' or 'avg'")
         if _exit_at not in _EXIT_AT:
             raise InvalidArgumentError(f"all_reduce: _exit_at must be one of {sorted(_EXIT_AT, key=str)}")
         self.raise_if_failed()
-        failed, why = self._data.all_reduce(
+        self.last_bytes_sent = 0
+        failed, why, nbytes = self._data.all_reduce(
             self._impl, array.ctypes.data, out.ctypes.data, array.size, code, _OPS[op],
-            int(tag), timeout, int(_chunk_bytes), float(_chunk_delay), _EXIT_AT[_exit_at])
+            int(tag), timeout, int(_chunk_bytes), float(_chunk_delay), _EXIT_AT[_exit_at],
+            _QUANTIZE[quantize])
+        self.last_bytes_sent = int(nbytes)
         if failed:
             raise PeerFailure(f"all_reduce: peer(s) {', '.join(map(str, failed))} failed ({why}); "
                               f"inputs restored; call update_topology() and retry",
