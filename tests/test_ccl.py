@@ -236,13 +236,14 @@ def test_peer_failure_pickles():
 # ---- master and peers in one process --------------------------------------------
 
 
-def collective_update(comms, timeout=10.0):
-    """update_topology on every communicator at once (it is collective)."""
-    results, errors = [None] * len(comms), []
+def on_all(comms, fn, timeout):
+    """fn(i) for every communicator at once, each in its own thread (as separate
+    processes would); the first error is raised here."""
+    errors = []
 
     def run(i):
         try:
-            results[i] = comms[i].update_topology(timeout=timeout)
+            fn(i)
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -252,6 +253,16 @@ def collective_update(comms, timeout=10.0):
     for t in threads:
         t.join(timeout + 5)
     assert not errors, errors
+
+
+def collective_update(comms, timeout=10.0):
+    """update_topology on every communicator at once (it is collective)."""
+    results = [None] * len(comms)
+
+    def update(i):
+        results[i] = comms[i].update_topology(timeout=timeout)
+
+    on_all(comms, update, timeout)
     return results
 
 
@@ -263,28 +274,19 @@ def master():
 
 
 def grow(comms, n, timeout=10.0):
-    """Every communicator updates until the world has n members, each in its own
-    thread (as separate processes would): the first admitted peer sees a world
-    of 1 and must update again to admit the others."""
-    results, errors = [None] * len(comms), []
+    """Every communicator updates until the world has n members: the first admitted
+    peer sees a world of 1 and must update again to admit the others."""
+    results = [None] * len(comms)
 
-    def run(i):
+    def until_n(i):
         deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                results[i] = comms[i].update_topology(timeout=timeout)
-                if results[i].world_size >= n:
-                    return
-                time.sleep(0.005)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        while time.monotonic() < deadline:
+            results[i] = comms[i].update_topology(timeout=timeout)
+            if results[i].world_size >= n:
+                return
+            time.sleep(0.005)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(comms))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout + 5)
-    assert not errors, errors
+    on_all(comms, until_n, timeout)
     assert all(r is not None and r.world_size == n for r in results), results
     return results
 

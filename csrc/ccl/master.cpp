@@ -83,10 +83,7 @@ pyhpc_status Master::start() {
 void Master::stop() {
   if (!thread_.joinable()) return;
   stop_ = true;
-  char b = 1;
-  ssize_t ignored = ::write(wake_[1], &b, 1);
-  (void)ignored;
-  thread_.join();
+  wake_and_join(thread_, wake_[1]);
   for (auto& c : clients_)
     if (c->fd >= 0) ::close(c->fd);
   clients_.clear();

@@ -226,4 +226,12 @@ std::string peer_ip(int fd) {
   return buf;
 }
 
+void wake_and_join(std::thread& thread, int wake_write_fd) {
+  if (!thread.joinable()) return;
+  char b = 1;
+  ssize_t ignored = ::write(wake_write_fd, &b, 1);
+  (void)ignored;
+  thread.join();
+}
+
 }  // namespace pyhpc::ccl

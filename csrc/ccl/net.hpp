@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "ccl/wire.hpp"
@@ -36,5 +37,9 @@ pyhpc_status recv_frame(int fd, uint16_t version, Clock::time_point deadline, Me
 
 // "ip" of the remote end of a connected socket.
 std::string peer_ip(int fd);
+
+// Wake a poll() loop through the write end of its wake pipe and join its thread
+// (no-op when the thread is not running).
+void wake_and_join(std::thread& thread, int wake_write_fd);
 
 }  // namespace pyhpc::ccl

@@ -326,12 +326,7 @@ void Peer::close() {
     stop_ = true;
     cv_.notify_all();
   }
-  if (thread_.joinable()) {
-    char b = 1;
-    ssize_t ignored = ::write(wake_[1], &b, 1);
-    (void)ignored;
-    thread_.join();
-  }
+  wake_and_join(thread_, wake_[1]);
   std::lock_guard<std::mutex> lock(send_mu_);
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;

@@ -478,12 +478,7 @@ void DataPlane::stop() {
     stop_ = true;
     cv_.notify_all();
   }
-  if (thread_.joinable()) {
-    char b = 1;
-    ssize_t ignored = ::write(wake_[1], &b, 1);
-    (void)ignored;
-    thread_.join();
-  }
+  wake_and_join(thread_, wake_[1]);
   std::lock_guard<std::mutex> lock(mu_);
   for (auto& kv : pending_) ::close(kv.second);
   pending_.clear();
