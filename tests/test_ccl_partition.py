@@ -1,0 +1,211 @@
+"""pyhpc.ccl under a network partition: one peer's traffic is silently dropped.
+
+The partitioned peer runs in a network namespace of its own, joined to this one
+by a veth pair; the master and two peers run here. Taking the veth link down
+drops every packet both ways without a reset, so nothing closes: only the
+heartbeat timeout and the operation deadlines can tell. The survivors must raise
+PeerFailure naming the cut-off peer, retry, and get exactly the sum over the
+two of them; the cut-off peer must raise too (never hang, never return a
+result), and keep raising once the link is back.
+
+Needs root and iproute2 (`ip netns`); skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from pyhpc.ccl import Master
+
+pytestmark = pytest.mark.timeout(90)
+
+SECRET = "partition-secret"
+
+# A peer: joins, then loops update_topology + all_reduce of ones for `seconds`,
+# printing every change of world size, every failure and every wrong sum.
+PEER = r"""
+import json, sys, time
+import numpy as np
+from pyhpc.ccl import Communicator, PeerFailure
+from pyhpc.errors import Error as PyhpcError
+addr, secret, world, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+def out(**kw):
+    print(json.dumps(dict(kw, t=time.time())), flush=True)
+c = Communicator(addr, secret=secret, heartbeat_interval=0.05, update_timeout=8.0)
+c.op_timeout = 3.0
+c.connect()
+while c.world_size < world:
+    c.update_topology()
+out(event="ready", id=c.id)
+buf = np.ones(1 << 16, np.float32)
+res = np.empty_like(buf)
+size, end = None, time.monotonic() + seconds
+while time.monotonic() < end:
+    try:
+        u = c.update_topology()
+        c.all_reduce(buf, out=res)
+    except PeerFailure as e:
+        out(event="failure", ids=e.peer_ids)
+        continue
+    except PyhpcError as e:
+        out(event="error", type=type(e).__name__, msg=str(e)[:200])
+        if not c.admitted or "master" in str(e).lower() or "removed" in str(e).lower():
+            break
+        time.sleep(0.05)
+        continue
+    ok = bool((res == u.world_size).all())
+    if u.world_size != size or not ok:
+        size = u.world_size
+        out(event="result", world=size, ok=ok, ids=[p.id for p in u.peers], dead=u.dead)
+out(event="end")
+"""
+
+
+def _can_make_netns() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root for network namespaces"
+    if shutil.which("ip") is None:
+        return "needs iproute2 (ip)"
+    name = f"pyhpc-p{os.getpid()}"
+    r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"ip netns add failed: {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return None
+
+
+class Netns:
+    """A namespace with one veth link to this one: here .1, there .2 of a /30."""
+
+    def __init__(self) -> None:
+        tag = os.getpid() % 10000
+        self.name, self.host_if, self.ns_if = f"pyhpc-t{tag}", f"pyv{tag}a", f"pyv{tag}b"
+        net = 200 + os.getpid() % 50
+        self.here, self.there = f"10.{net}.{tag % 250}.1", f"10.{net}.{tag % 250}.2"
+        for cmd in (f"ip netns add {self.name}",
+                    f"ip link add {self.host_if} type veth peer name {self.ns_if}",
+                    f"ip link set {self.ns_if} netns {self.name}",
+                    f"ip addr add {self.here}/30 dev {self.host_if}",
+                    f"ip link set {self.host_if} up",
+                    f"ip netns exec {self.name} ip addr add {self.there}/30 dev {self.ns_if}",
+                    f"ip netns exec {self.name} ip link set {self.ns_if} up",
+                    f"ip netns exec {self.name} ip link set lo up"):
+            subprocess.run(cmd.split(), check=True, capture_output=True)
+
+    def link(self, up: bool) -> None:
+        subprocess.run(["ip", "link", "set", self.host_if, "up" if up else "down"], check=True)
+
+    def close(self) -> None:
+        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+class Peer:
+    def __init__(self, argv: list, cwd) -> None:
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, cwd=cwd)
+        self.events: queue.Queue = queue.Queue()
+        self.seen: list = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                self.events.put(json.loads(line))
+            except ValueError:
+                pass
+        self.events.put({"event": "eof"})
+
+    def expect(self, predicate, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                ev = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            self.seen.append(ev)
+            if predicate(ev):
+                return ev
+            if ev["event"] == "eof":
+                break
+        raise AssertionError(f"no matching event in {timeout} s; saw {self.seen[-8:]}; "
+                             f"stderr: {self.stderr()}")
+
+    def drain(self) -> None:
+        while not self.events.empty():
+            self.seen.append(self.events.get())
+
+    def stderr(self) -> str:
+        if self.proc.poll() is None:
+            return "(running)"
+        return self.proc.stderr.read()[-2000:]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def netns():
+    why = _can_make_netns()
+    if why:
+        pytest.skip(why)
+    ns = Netns()
+    try:
+        yield ns
+    finally:
+        ns.close()
+
+
+def test_partitioned_peer_is_dropped_and_survivors_reduce_exactly(netns, tmp_path):
+    master = Master(host=netns.here, secret=SECRET, heartbeat_timeout=1.0).start()
+    run_seconds = "25"
+    here = [sys.executable, "-c", PEER, master.address, SECRET, "3", run_seconds]
+    peers = [Peer(here, tmp_path), Peer(here, tmp_path),
+             Peer(["ip", "netns", "exec", netns.name] + here, tmp_path)]
+    try:
+        ids = [p.expect(lambda e: e["event"] == "ready", 20)["id"] for p in peers]
+        for p in peers:
+            p.expect(lambda e: e["event"] == "result" and e["world"] == 3, 20)
+        cut = ids[2]
+        t0 = time.time()
+        netns.link(False)
+        for p in peers[:2]:
+            # told by a failed all-reduce, or by the update that removed it (if the cut
+            # came while the survivors waited in update_topology)
+            seen = p.expect(lambda e: e["event"] == "failure" or e.get("dead"), 10)
+            assert seen.get("ids") == [cut] if seen["event"] == "failure" else seen["dead"] == [cut], seen
+            # heartbeat timeout 1.0 s (master) or the 3 s operation deadline, whichever first
+            assert seen["t"] - t0 < 3.0 + 1.5, seen["t"] - t0
+            res = seen if seen["event"] == "result" else p.expect(lambda e: e["event"] == "result", 10)
+            assert res["world"] == 2 and res["ok"] and cut not in res["ids"], res
+            p.mark = len(p.seen)
+        # the cut-off peer raises (its neighbours and master are gone), never returns a sum
+        err = peers[2].expect(lambda e: e["event"] in ("failure", "error", "result"), 15)
+        assert err["event"] in ("failure", "error"), err
+        netns.link(True)
+        # after the link is back it is not let back in silently: no result with it counted
+        time.sleep(2.0)
+        for p in peers[:2]:
+            p.drain()
+            after = p.seen[p.mark:]
+            assert all(e["event"] == "result" and e["world"] == 2 and e["ok"] for e in after), after
+        assert sorted(master.stats()["members"]) == sorted(ids[:2])
+        # and once the link is back, it learns that the master dropped it, and stops
+        peers[2].expect(lambda e: e["event"] == "end", 15)
+        assert any(e["event"] == "error" for e in peers[2].seen), peers[2].seen
+        assert all(e["event"] != "result" or e["world"] == 3 for e in peers[2].seen), peers[2].seen
+    finally:
+        for p in peers:
+            p.kill()
+        master.stop()
