@@ -11,7 +11,7 @@ reports two times, both measured from the signal:
 
 Then a fresh peer joins and the world is three again. The goals (from the
 issue): a killed peer detected in <= 0.5 s, a frozen one in <= 2 s with the
-default heartbeat timeout (2 s), recovery within those times. No baseline: MPI
+default heartbeat timeout (1.5 s), recovery within those times. No baseline: MPI
 has no way to go on without a dead rank. Each row's seconds are every
 survivor's time of every repetition (median and spread in the table).
 """

@@ -165,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_master.add_argument("--port", type=int, default=0, help="TCP port (default: any free one)")
     p_master.add_argument("--secret-file", required=True,
                           help="file holding the shared secret peers must prove")
-    p_master.add_argument("--heartbeat-timeout", type=float, default=2.0,
-                          help="seconds of silence after which a peer is dead (default 2)")
+    p_master.add_argument("--heartbeat-timeout", type=float, default=1.5,
+                          help="seconds of silence after which a peer is dead (default 1.5)")
     p_master.add_argument("--handshake-timeout", type=float, default=2.0,
                           help="seconds a new connection has to authenticate (default 2)")
 

@@ -51,7 +51,7 @@ struct MasterOptions {
   std::string host = "127.0.0.1";
   uint16_t port = 0;
   std::string secret;
-  double heartbeat_timeout = 2.0;  // s of silence after which a peer is dead
+  double heartbeat_timeout = 1.5;  // s of silence after which a peer is dead
   double handshake_timeout = 2.0;  // s an unauthenticated client may take
   size_t max_clients = 1024;       // further connections are refused
 };

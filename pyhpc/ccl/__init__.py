@@ -48,7 +48,7 @@ from ..errors import InvalidArgumentError, PeerError
 
 PROTOCOL_VERSION: int = _ccl.PROTOCOL_VERSION
 DEFAULT_HEARTBEAT_INTERVAL = 0.1
-DEFAULT_HEARTBEAT_TIMEOUT = 2.0
+DEFAULT_HEARTBEAT_TIMEOUT = 1.5  # frozen or cut-off peers are dead within 2 s (15 missed heartbeats)
 DEFAULT_HANDSHAKE_TIMEOUT = 2.0
 DEFAULT_UPDATE_TIMEOUT = 60.0
 DEFAULT_OP_TIMEOUT = 30.0
