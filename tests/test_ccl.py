@@ -99,6 +99,19 @@ MESSAGES = [
     {"type": "verdict", "epoch": 4, "tag": 7, "seq": 9, "verdict": 1, "dead": []},
     {"type": "verdict", "epoch": 4, "tag": 7, "seq": 9, "verdict": 2, "dead": [3, 2**64 - 1]},
     {"type": "verdict", "epoch": 4, "tag": 7, "seq": 9, "verdict": 3, "dead": []},
+    {"type": "sync_report", "epoch": 2, "seq": 1, "revision": 2**64 - 1, "tensors": [
+        (b"bias", "<f4", 4, [3], 12, 7), (b"w\xc3\xa9", "bfloat16", 2, [2, 0, 5], 0, 2**64 - 1),
+        (b"x" * 255, "|u1", 1, [], 1, 0)]},
+    {"type": "sync_report", "epoch": 1, "seq": 5, "revision": 0, "tensors": []},
+    {"type": "sync_plan", "epoch": 3, "seq": 2, "outcome": 1, "revision": 7,
+     "fetch": [(0, 4, 2**64 - 1), (4095, 2**64 - 1, 0)]},
+    {"type": "sync_plan", "epoch": 3, "seq": 2, "outcome": 1, "revision": 0, "fetch": []},
+    {"type": "sync_plan", "epoch": 3, "seq": 2, "outcome": 2, "revision": 0,
+     "text": "tensor 'w' differs"},
+    {"type": "sync_done", "epoch": 6, "seq": 2**64 - 1, "ok": 1},
+    {"type": "sync_done", "epoch": 6, "seq": 1, "ok": 0},
+    {"type": "sync_verdict", "epoch": 6, "seq": 1, "verdict": 1, "dead": []},
+    {"type": "sync_verdict", "epoch": 6, "seq": 1, "verdict": 2, "dead": [9, 2**64 - 1]},
 ]
 
 
@@ -147,7 +160,7 @@ def _clean_decode(data: bytes) -> None:
 @given(st.binary(max_size=200))
 def test_decode_fuzz_random_bytes(data):
     _clean_decode(data)
-    _clean_decode(frame(data[0] % 12 if data else 0, data))  # a valid header, random payload
+    _clean_decode(frame(data[0] % 24 if data else 0, data))  # a valid header, random payload
 
 
 VALID_FRAMES = [_ccl.encode(m) for m in MESSAGES]
@@ -202,8 +215,8 @@ def test_decode_rejects_with_clear_messages():
         _ccl.decode(_ccl.encode({"type": "leave"}, version=other))
     with pytest.raises(pyhpc.ProtocolError, match=f"version {v - 1}.*version {v}"):
         _ccl.decode(_ccl.encode({"type": "leave"}, version=v - 1))  # the previous version
-    # The data-plane types (10..14) are not control messages.
-    for t in range(10, 15):
+    # The data-plane types (10..14, 21, 22) are not control messages.
+    for t in (10, 11, 12, 13, 14, 21, 22):
         with pytest.raises(pyhpc.ProtocolError, match=f"unknown message type {t}"):
             _ccl.decode(frame(t, b""))
     vote = {"type": "vote", "epoch": 1, "tag": 0, "seq": 1, "vote": 1}

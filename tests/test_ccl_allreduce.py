@@ -419,7 +419,7 @@ def test_stranger_refused_at_a_data_port(ring, tmp_path):
         magic, _, typ, length = struct.unpack("<IHHI", hdr)
         assert magic == _ccl.MAGIC and typ == 10 and length == 32
         nonce = s.recv(32, socket.MSG_WAITALL)
-        ids = struct.pack("<QQI", peers[1].id, 1, 0)
+        ids = struct.pack("<QQIB", peers[1].id, 1, 0, 0)  # from, epoch, tag, kind (ring)
         mac = _ccl.hmac_sha256(b"wrong-secret", b"pccl-data" + nonce + b"\0" * 32 + ids)
         s.sendall(_frame(11, b"\0" * 32 + mac + ids))
         assert s.recv(100) == b""  # closed, no DATA_OK

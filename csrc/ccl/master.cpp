@@ -20,6 +20,38 @@ constexpr char kPeerLabel[] = "pccl-peer";
 constexpr char kMasterLabel[] = "pccl-master";
 constexpr size_t kMaxOpenVotes = 1024;  // undecided YES votes per member
 constexpr size_t kMaxAborted = 4096;    // ABORT decisions remembered per epoch
+constexpr size_t kMaxOpenSyncs = 64;    // undecided shared-state sync rounds
+constexpr size_t kMaxSyncsDecided = 4096;
+
+std::string shape_text(const StateEntry& e) {
+  std::string s = e.dtype + " (";
+  for (size_t i = 0; i < e.shape.size(); ++i)
+    s += (i ? ", " : "") + std::to_string(e.shape[i]);
+  return s + (e.shape.size() == 1 ? ",)" : ")");
+}
+
+// Why two reports list different tensors ("" if they agree).
+std::string state_difference(uint64_t id_a, const Message& a, uint64_t id_b, const Message& b) {
+  const auto& x = a.tensors;
+  const auto& y = b.tensors;
+  size_t i = 0, j = 0;
+  auto only = [](const std::string& name, uint64_t has, uint64_t lacks) {
+    return "tensor '" + name + "' is in the state of peer " + std::to_string(has) +
+           " but not in that of peer " + std::to_string(lacks);
+  };
+  while (i < x.size() || j < y.size()) {
+    if (j == y.size() || (i < x.size() && x[i].name < y[j].name))
+      return only(x[i].name, id_a, id_b);
+    if (i == x.size() || y[j].name < x[i].name) return only(y[j].name, id_b, id_a);
+    if (x[i].dtype != y[j].dtype || x[i].itemsize != y[j].itemsize || x[i].shape != y[j].shape)
+      return "tensor '" + x[i].name + "' differs between peers: peer " + std::to_string(id_a) +
+             " has " + shape_text(x[i]) + ", peer " + std::to_string(id_b) + " has " +
+             shape_text(y[j]);
+    ++i;
+    ++j;
+  }
+  return "";
+}
 
 double unix_now() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
@@ -295,6 +327,12 @@ void Master::handle(Client& c, const Message& m) {
     case MsgType::kVote:
       on_vote(c, m);
       return;
+    case MsgType::kSyncReport:
+      on_sync_report(c, m);
+      return;
+    case MsgType::kSyncDone:
+      on_sync_done(c, m);
+      return;
     case MsgType::kLeave: {
       for (auto& s : slots_)
         if (s.client == &c) {
@@ -305,6 +343,7 @@ void Master::handle(Client& c, const Message& m) {
       c.fd = -1;
       c.state = ClientState::kGone;
       resolve_ops();
+      resolve_syncs();
       maybe_complete_update();
       publish();
       return;
@@ -364,6 +403,7 @@ void Master::fail_client(Client& c, FailReason reason) {
     for (auto& s : slots_)
       if (s.client) queue(*s.client, f);
     resolve_ops();
+    resolve_syncs();
     maybe_complete_update();
   }
   publish();
@@ -390,6 +430,10 @@ void Master::maybe_complete_update() {
   ops_.clear();
   aborted_.clear();
   aborted_order_.clear();
+  // So do undecided sync rounds.
+  while (!syncs_.empty()) decide_sync(syncs_.begin()->first, Verdict::kAbort);
+  syncs_decided_.clear();
+  syncs_decided_order_.clear();
 
   Message t;
   t.type = MsgType::kTopology;
@@ -535,6 +579,199 @@ void Master::resolve_ops() {
   }
   for (const auto& [k, gone] : aborts) decide(k, Verdict::kAbort, gone);
   for (const auto& k : commits) decide(k, Verdict::kCommit, {});
+}
+
+// ---- shared-state sync rounds ------------------------------------------------------
+
+std::vector<uint64_t> Master::gone_members() const {
+  std::vector<uint64_t> out;
+  for (const auto& s : slots_)
+    if (s.gone != Gone::kNo) out.push_back(s.id);
+  return out;
+}
+
+void Master::sync_verdict_to(Client* c, uint64_t epoch, uint64_t seq, Verdict v) {
+  if (!c) return;
+  Message m;
+  m.type = MsgType::kSyncVerdict;
+  m.epoch = epoch;
+  m.seq = seq;
+  m.vote = uint8_t(v);
+  if (v == Verdict::kAbort && epoch == epoch_) m.dead = gone_members();
+  if (m.dead.size() > kMaxWorld) m.dead.resize(kMaxWorld);
+  queue(*c, m);
+}
+
+void Master::decide_sync(uint64_t seq, Verdict v) {
+  auto it = syncs_.find(seq);
+  if (it == syncs_.end()) return;
+  {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    ++(v == Verdict::kCommit ? stats_.sync_commits : stats_.sync_aborts);
+  }
+  // Members that have not reported yet hear the verdict when they do.
+  for (const auto& [id, report] : it->second.reports)
+    sync_verdict_to(member_client(id), epoch_, seq, v);
+  syncs_.erase(it);
+  if (syncs_decided_.emplace(seq, v).second) {
+    syncs_decided_order_.push_back(seq);
+    if (syncs_decided_order_.size() > kMaxSyncsDecided) {
+      syncs_decided_.erase(syncs_decided_order_.front());
+      syncs_decided_order_.pop_front();
+    }
+  }
+}
+
+void Master::resolve_syncs() {
+  if (gone_members().empty()) return;
+  while (!syncs_.empty()) decide_sync(syncs_.begin()->first, Verdict::kAbort);
+}
+
+void Master::on_sync_report(Client& c, const Message& m) {
+  if (c.state != ClientState::kMember || !member_client(c.id)) {
+    reject(c, PYHPC_ERR_PROTOCOL, "SYNC_REPORT from a peer that is not a member");
+    return;
+  }
+  if (m.epoch != epoch_) {  // an older epoch's round: it cannot go on
+    sync_verdict_to(&c, m.epoch, m.seq, Verdict::kAbort);
+    return;
+  }
+  auto dec = syncs_decided_.find(m.seq);
+  if (dec != syncs_decided_.end()) {  // decided (aborted) before this peer reported
+    sync_verdict_to(&c, m.epoch, m.seq, dec->second == Verdict::kCommit ? Verdict::kAbort
+                                                                        : dec->second);
+    return;
+  }
+  auto it = syncs_.find(m.seq);
+  if (it == syncs_.end()) {
+    if (syncs_.size() >= kMaxOpenSyncs) {
+      reject(c, PYHPC_ERR_PROTOCOL, "too many undecided sync rounds");
+      return;
+    }
+    it = syncs_.emplace(m.seq, SyncRound{}).first;
+  }
+  SyncRound& round = it->second;
+  if (round.reports.count(c.id)) {
+    reject(c, PYHPC_ERR_PROTOCOL, "a second SYNC_REPORT for one sync round");
+    return;
+  }
+  round.reports.emplace(c.id, m);
+  if (!gone_members().empty()) {
+    decide_sync(m.seq, Verdict::kAbort);
+    return;
+  }
+  for (const auto& s : slots_)
+    if (!round.reports.count(s.id)) return;
+  plan_sync(m.seq, round);
+}
+
+void Master::plan_sync(uint64_t seq, SyncRound& round) {
+  const Message& first = round.reports.at(slots_[0].id);
+  for (size_t r = 1; r < slots_.size(); ++r) {
+    std::string why = state_difference(slots_[0].id, first, slots_[r].id,
+                                       round.reports.at(slots_[r].id));
+    if (why.empty()) continue;
+    Message p;
+    p.type = MsgType::kSyncPlan;
+    p.epoch = epoch_;
+    p.seq = seq;
+    p.vote = uint8_t(SyncOutcome::kMismatch);
+    p.text = "sync_shared_state: the peers' states differ in structure: " + why;
+    for (const auto& s : slots_)
+      if (s.client) queue(*s.client, p);
+    {
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      ++stats_.sync_mismatches;
+    }
+    round.reports.clear();  // all told already: decide_sync sends nothing more
+    decide_sync(seq, Verdict::kAbort);
+    return;
+  }
+  // Group the members by content: (revision, hashes).
+  using Content = std::pair<uint64_t, std::vector<uint64_t>>;
+  std::map<Content, std::vector<uint64_t>> groups;
+  std::map<uint64_t, Content> content_of;
+  for (const auto& s : slots_) {
+    const Message& rep = round.reports.at(s.id);
+    Content k{rep.revision, {}};
+    for (const auto& e : rep.tensors) k.second.push_back(e.hash);
+    groups[k].push_back(s.id);
+    content_of[s.id] = k;
+  }
+  const Content* win = nullptr;
+  const std::vector<uint64_t>* win_ids = nullptr;
+  for (const auto& [k, ids] : groups) {
+    bool better = !win || ids.size() > win_ids->size() ||
+                  (ids.size() == win_ids->size() &&
+                   (k.first > win->first ||
+                    (k.first == win->first &&
+                     *std::min_element(ids.begin(), ids.end()) <
+                         *std::min_element(win_ids->begin(), win_ids->end()))));
+    if (better) {
+      win = &k;
+      win_ids = &ids;
+    }
+  }
+  std::vector<uint64_t> sources = *win_ids;
+  std::sort(sources.begin(), sources.end());
+  std::map<uint64_t, uint64_t> load;  // bytes assigned to each source
+  for (const auto& s : slots_) {
+    const Message& rep = round.reports.at(s.id);
+    Message p;
+    p.type = MsgType::kSyncPlan;
+    p.epoch = epoch_;
+    p.seq = seq;
+    p.vote = uint8_t(SyncOutcome::kPlan);
+    p.revision = win->first;
+    if (content_of[s.id] != *win) {
+      for (uint32_t i = 0; i < rep.tensors.size(); ++i) {
+        if (rep.tensors[i].hash == win->second[i]) continue;
+        uint64_t best = sources[0];
+        for (uint64_t src : sources)
+          if (load[src] < load[best]) best = src;
+        load[best] += rep.tensors[i].nbytes;
+        p.fetch.push_back({i, best, win->second[i]});
+      }
+    }
+    if (s.client) queue(*s.client, p);
+  }
+  round.planned = true;
+}
+
+void Master::on_sync_done(Client& c, const Message& m) {
+  if (c.state != ClientState::kMember || !member_client(c.id)) {
+    reject(c, PYHPC_ERR_PROTOCOL, "SYNC_DONE from a peer that is not a member");
+    return;
+  }
+  if (m.epoch != epoch_) {
+    sync_verdict_to(&c, m.epoch, m.seq, Verdict::kAbort);
+    return;
+  }
+  auto dec = syncs_decided_.find(m.seq);
+  if (dec != syncs_decided_.end()) {  // e.g. a give-up crossing the verdict: repeat it
+    sync_verdict_to(&c, m.epoch, m.seq, dec->second);
+    return;
+  }
+  auto it = syncs_.find(m.seq);
+  if (it == syncs_.end() || !it->second.reports.count(c.id) ||
+      (m.vote == 1 && !it->second.planned)) {
+    if (m.vote == 0 && it != syncs_.end()) {  // giving up before the plan: abort
+      it->second.reports.emplace(c.id, Message{});
+      decide_sync(m.seq, Verdict::kAbort);
+      return;
+    }
+    reject(c, PYHPC_ERR_PROTOCOL, "SYNC_DONE for a sync round this peer has no plan for");
+    return;
+  }
+  SyncRound& round = it->second;
+  if (m.vote == 0) {
+    decide_sync(m.seq, Verdict::kAbort);
+    return;
+  }
+  round.done.insert(c.id);
+  for (const auto& s : slots_)
+    if (!round.done.count(s.id)) return;
+  decide_sync(m.seq, Verdict::kCommit);
 }
 
 void Master::check_deadlines() {

@@ -25,7 +25,25 @@
 // A QUERY (a peer told of a death mid-operation) is answered CONTINUE if every
 // dead member voted YES, else ABORT. Entries are dropped once decided, and all
 // of an epoch at the next topology update (undecided ones are ABORTed); a
-// member may have kMaxOpenVotes undecided YES votes at most. It then admits the pending peers that asked too,
+// member may have kMaxOpenVotes undecided YES votes at most.
+//
+// Shared-state sync rounds (epoch, seq) (wire.hpp SYNC_*): the master collects
+// every member's SYNC_REPORT; once all are in it checks that they list the same
+// tensors (names, dtypes, shapes) -- else a MISMATCH plan naming the first
+// differing tensor goes to all -- and picks the winning content, the
+// (revision, hashes) reported by the most members; a tie goes to the higher
+// revision, then to the group holding the lowest peer id. Every member gets a
+// PLAN: the winning revision and the tensors whose hash differs from the
+// winner's, each to fetch from one winning member (the least loaded in bytes
+// so far, then the lowest id; members in rank order, tensors in name order).
+// A member sends SYNC_DONE once it holds the winning state (staged, hashes
+// verified); COMMIT goes to all once every member is done. A member that dies,
+// leaves or freezes while a round is undecided, or a SYNC_DONE with ok 0,
+// aborts the round for all (ABORT names the members gone). At most
+// kMaxOpenSyncs rounds are undecided at a time; undecided rounds are aborted
+// at the next topology update.
+//
+// At an update the master then admits the pending peers that asked too,
 // assigns ranks (survivors keep their relative order, then the newcomers in
 // the order they authenticated) and sends every member a TOPOLOGY.
 #pragma once
@@ -70,6 +88,7 @@ struct MasterStats {
   uint64_t rejected = 0;                // connections dropped before or at authentication
   uint64_t commits = 0, aborts = 0;     // all-reduce commit rounds decided each way
   uint64_t continues = 0;               // QUERYs answered CONTINUE
+  uint64_t sync_commits = 0, sync_aborts = 0, sync_mismatches = 0;  // shared-state sync rounds
 };
 
 class Master {
@@ -108,6 +127,18 @@ class Master {
   void decide(const OpKey& k, Verdict v, const std::vector<uint64_t>& dead);
   std::vector<uint64_t> gone_without_yes(const std::vector<uint64_t>& yes) const;
   Client* member_client(uint64_t id) const;
+  struct SyncRound {
+    std::map<uint64_t, Message> reports;  // by peer id
+    bool planned = false;
+    std::set<uint64_t> done;
+  };
+  void on_sync_report(Client& c, const Message& m);
+  void on_sync_done(Client& c, const Message& m);
+  void plan_sync(uint64_t seq, SyncRound& round);
+  void resolve_syncs();
+  void decide_sync(uint64_t seq, Verdict v);
+  void sync_verdict_to(Client* c, uint64_t epoch, uint64_t seq, Verdict v);
+  std::vector<uint64_t> gone_members() const;
 
   MasterOptions options_;
   uint16_t port_ = 0;
@@ -125,6 +156,9 @@ class Master {
   std::map<OpKey, std::vector<uint64_t>> ops_;  // undecided ops of epoch_: who voted YES
   std::set<OpKey> aborted_;                      // decided ABORT in epoch_ (bounded)
   std::deque<OpKey> aborted_order_;
+  std::map<uint64_t, SyncRound> syncs_;        // undecided sync rounds of epoch_, by seq
+  std::map<uint64_t, Verdict> syncs_decided_;  // decided in epoch_ (bounded; MISMATCH: ABORT)
+  std::deque<uint64_t> syncs_decided_order_;
 
   mutable std::mutex stats_mu_;
   MasterStats stats_;

@@ -164,6 +164,9 @@ void Peer::loop() {
         topology_.left = std::move(m.left);
         have_topology_ = true;
         verdicts_.erase(verdicts_.begin(), verdicts_.lower_bound(OpKey{m.epoch, 0, 0}));
+        sync_plans_.erase(sync_plans_.begin(), sync_plans_.lower_bound(SyncKey{m.epoch, 0}));
+        sync_verdicts_.erase(sync_verdicts_.begin(),
+                             sync_verdicts_.lower_bound(SyncKey{m.epoch, 0}));
         ++topologies_seen_;
         update_outstanding_ = false;
         unclaimed_ = true;
@@ -172,6 +175,12 @@ void Peer::loop() {
         if (verdicts_.size() >= kMaxVerdicts) verdicts_.erase(verdicts_.begin());
         verdicts_[OpKey{m.epoch, m.tag, m.seq}] = {static_cast<Verdict>(m.vote),
                                                    std::move(m.dead)};
+        cv_.notify_all();
+      } else if (m.type == MsgType::kSyncPlan || m.type == MsgType::kSyncVerdict) {
+        auto& box = m.type == MsgType::kSyncPlan ? sync_plans_ : sync_verdicts_;
+        if (box.size() >= kMaxVerdicts) box.erase(box.begin());
+        SyncKey k{m.epoch, m.seq};
+        box[k] = std::move(m);
         cv_.notify_all();
       } else if (m.type == MsgType::kPeerFailed) {
         failures_.push_back(m.id);
@@ -237,6 +246,40 @@ pyhpc_status Peer::await_verdict(uint64_t epoch, uint32_t tag, uint64_t seq,
     return PYHPC_FAIL(PYHPC_ERR_PEER, "commit round: %s", broken_why_.c_str());
   return PYHPC_FAIL(PYHPC_ERR_TIMEOUT,
                     "commit round: no verdict from the master before the operation's deadline");
+}
+
+pyhpc_status Peer::sync_send(const Message& m) {
+  pyhpc_status s = send(m);
+  if (s != PYHPC_OK) {
+    std::string why = last_error();
+    return PYHPC_FAIL(PYHPC_ERR_PEER, "cannot reach the master for the state sync: %s",
+                      why.c_str());
+  }
+  return PYHPC_OK;
+}
+
+pyhpc_status Peer::await_sync(uint64_t epoch, uint64_t seq, bool want_plan,
+                              Clock::time_point deadline, Message* out) {
+  SyncKey k{epoch, seq};
+  std::unique_lock<std::mutex> lock(mu_);
+  auto ready = [&] {
+    return sync_verdicts_.count(k) || (want_plan && sync_plans_.count(k)) ||
+           broken_ != PYHPC_OK || stop_;
+  };
+  cv_.wait_until(lock, deadline, ready);
+  for (auto* box : {&sync_verdicts_, &sync_plans_}) {
+    if (box == &sync_plans_ && !want_plan) break;
+    auto it = box->find(k);
+    if (it != box->end()) {
+      *out = std::move(it->second);
+      box->erase(it);
+      return PYHPC_OK;
+    }
+  }
+  if (stop_) return PYHPC_FAIL(PYHPC_ERR_PEER, "this peer was closed during the state sync");
+  if (broken_ != PYHPC_OK)
+    return PYHPC_FAIL(PYHPC_ERR_PEER, "state sync: %s", broken_why_.c_str());
+  return PYHPC_FAIL(PYHPC_ERR_TIMEOUT, "state sync: no word from the master in time");
 }
 
 pyhpc_status Peer::health() const {

@@ -71,6 +71,14 @@ class Peer {
   pyhpc_status await_verdict(uint64_t epoch, uint32_t tag, uint64_t seq,
                              Clock::time_point deadline, Verdict* verdict,
                              std::vector<uint64_t>* dead);
+  // Shared-state sync (master.hpp): sends a SYNC_REPORT / SYNC_DONE (PYHPC_ERR_PEER
+  // if the master cannot be reached).
+  pyhpc_status sync_send(const Message& m);
+  // The master's SYNC_VERDICT on (epoch, seq) if one came (it wins), else its
+  // SYNC_PLAN if `want_plan` and one came, waiting until `deadline` (a past
+  // deadline only looks). Fails like await_verdict.
+  pyhpc_status await_sync(uint64_t epoch, uint64_t seq, bool want_plan,
+                          Clock::time_point deadline, Message* out);
   // OK while connected; else why not (and the message through last_error()).
   pyhpc_status health() const;
 
@@ -102,6 +110,8 @@ class Peer {
   std::vector<uint64_t> failures_;
   using OpKey = std::tuple<uint64_t, uint32_t, uint64_t>;  // epoch, tag, seq
   std::map<OpKey, std::pair<Verdict, std::vector<uint64_t>>> verdicts_;  // not yet claimed
+  using SyncKey = std::pair<uint64_t, uint64_t>;                        // epoch, seq
+  std::map<SyncKey, Message> sync_plans_, sync_verdicts_;               // not yet claimed
 };
 
 }  // namespace pyhpc::ccl

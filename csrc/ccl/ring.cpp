@@ -13,6 +13,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "ccl/channel.hpp"
 #include "ccl/sha256.hpp"
 
 namespace pyhpc::ccl {
@@ -38,113 +39,7 @@ struct DataPlane::Channel {
 
 namespace {
 
-constexpr char kDataLabel[] = "pccl-data";
-constexpr char kDataOkLabel[] = "pccl-data-ok";
-constexpr size_t kHelloSize = 32 + 32 + 8 + 8 + 4;
-constexpr size_t kOpSize = 8 + 8 + 4 + 4 + 1 + 1 + 8 + 1 + 1;
 constexpr size_t kQParams = 8;  // f32 min, f32 scale ahead of a quantized chunk's codes
-constexpr double kHandshakeTimeout = 2.0;
-constexpr int kPollSliceMs = 10;
-constexpr int kSockBuf = 4 << 20;
-
-void put_le(uint8_t* p, uint64_t v, size_t n) {
-  for (size_t i = 0; i < n; ++i) p[i] = uint8_t(v >> (8 * i));
-}
-uint64_t get_le(const uint8_t* p, size_t n) {
-  uint64_t v = 0;
-  for (size_t i = 0; i < n; ++i) v |= uint64_t(p[i]) << (8 * i);
-  return v;
-}
-
-void put_header(uint8_t* p, uint16_t version, uint16_t type, uint32_t length) {
-  put_le(p, kMagic, 4);
-  put_le(p + 4, version, 2);
-  put_le(p + 6, type, 2);
-  put_le(p + 8, length, 4);
-}
-
-size_t data_cap(uint16_t type) {
-  switch (type) {
-    case kDataChallenge: return kNonceSize;
-    case kDataHello: return kHelloSize;
-    case kDataOk: return 32;
-    case kDataOp: return kOpSize;
-    case kData: return kDataSubHeader + kMaxChunkBytes;
-    default: return 0;
-  }
-}
-
-void big_buffers(int fd) {
-  int sz = kSockBuf;
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz);
-}
-
-int ms_until(Clock::time_point deadline, int cap) {
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-  return ms < 0 ? 0 : (ms > cap ? cap : int(ms) + 1);
-}
-
-// Reads exactly one data-plane frame of `want_type` with a payload of exactly
-// `want_len` bytes (a short handshake or descriptor frame).
-pyhpc_status recv_small(int fd, uint16_t version, uint16_t want_type, size_t want_len,
-                        Clock::time_point deadline, uint8_t* payload,
-                        const std::function<bool()>& interrupted = {}) {
-  uint8_t buf[kHeaderSize + kHelloSize];
-  size_t total = kHeaderSize + want_len, got = 0;
-  while (got < total) {
-    pollfd pf{fd, POLLIN, 0};
-    int pr = ::poll(&pf, 1, ms_until(deadline, kPollSliceMs));
-    if (pr < 0 && errno == EINTR) continue;
-    if (pr == 0 && interrupted && interrupted())
-      return PYHPC_FAIL(PYHPC_ERR_PEER, "interrupted: the master reports failed peers");
-    if (pr == 0 && Clock::now() >= deadline)
-      return PYHPC_FAIL(PYHPC_ERR_TIMEOUT, "no data-plane frame before the deadline");
-    if (pr == 0) continue;
-    ssize_t k = ::recv(fd, buf + got, total - got, MSG_DONTWAIT);
-    if (k == 0) return PYHPC_FAIL(PYHPC_ERR_PEER, "data connection closed by the other side");
-    if (k < 0) {
-      if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
-      return PYHPC_FAIL(PYHPC_ERR_PEER, "data connection lost: %s", std::strerror(errno));
-    }
-    got += size_t(k);
-    if (got >= kHeaderSize && got - size_t(k) < kHeaderSize) {
-      Header h;
-      PYHPC_CHECK(decode_data_header(buf, kHeaderSize, version, &h));
-      if (h.type != want_type || h.length != want_len)
-        return PYHPC_FAIL(PYHPC_ERR_PROTOCOL,
-                          "data plane: expected a frame of type %u with %zu bytes, got type %u "
-                          "with %u",
-                          unsigned(want_type), want_len, unsigned(h.type), unsigned(h.length));
-    }
-  }
-  std::memcpy(payload, buf + kHeaderSize, want_len);
-  return PYHPC_OK;
-}
-
-pyhpc_status send_small(int fd, uint16_t version, uint16_t type, const uint8_t* payload,
-                        size_t n, Clock::time_point deadline) {
-  uint8_t buf[kHeaderSize + kHelloSize];
-  put_header(buf, version, type, uint32_t(n));
-  std::memcpy(buf + kHeaderSize, payload, n);
-  return send_all(fd, buf, kHeaderSize + n, deadline);
-}
-
-Digest hello_mac(const std::string& secret, const uint8_t* nonce, const uint8_t* client_nonce,
-                 const uint8_t* ids /* from_id epoch tag: 20 bytes */) {
-  Piece pieces[4] = {{kDataLabel, sizeof kDataLabel - 1},
-                     {nonce, kNonceSize},
-                     {client_nonce, kNonceSize},
-                     {ids, 20}};
-  return hmac_sha256(secret.data(), secret.size(), pieces, 4);
-}
-
-Digest ok_mac(const std::string& secret, const uint8_t* client_nonce, const uint8_t* nonce) {
-  Piece pieces[3] = {{kDataOkLabel, sizeof kDataOkLabel - 1},
-                     {client_nonce, kNonceSize},
-                     {nonce, kNonceSize}};
-  return hmac_sha256(secret.data(), secret.size(), pieces, 3);
-}
 
 // ---- element types and reduction ------------------------------------------
 
@@ -399,19 +294,6 @@ const char* op_name(uint8_t o) {
   return "?";
 }
 
-bool member(const Topology& t, uint64_t id) {
-  for (const auto& p : t.peers)
-    if (p.id == id) return true;
-  return false;
-}
-
-std::vector<uint64_t> failed_members(const Peer& peer, const Topology& t) {
-  std::vector<uint64_t> out;
-  for (uint64_t id : peer.peek_failures())
-    if (member(t, id) && std::find(out.begin(), out.end(), id) == out.end()) out.push_back(id);
-  return out;
-}
-
 }  // namespace
 
 size_t dtype_size(DType t) {
@@ -424,30 +306,6 @@ size_t dtype_size(DType t) {
     case DType::kI64: return 8;
   }
   return 0;
-}
-
-pyhpc_status decode_data_header(const uint8_t* p, size_t n, uint16_t version, Header* out) {
-  if (n < kHeaderSize)
-    return PYHPC_FAIL(PYHPC_ERR_PROTOCOL, "truncated data-plane header: %zu bytes", n);
-  Header h;
-  h.magic = uint32_t(get_le(p, 4));
-  h.version = uint16_t(get_le(p + 4, 2));
-  h.type = uint16_t(get_le(p + 6, 2));
-  h.length = uint32_t(get_le(p + 8, 4));
-  if (h.magic != kMagic)
-    return PYHPC_FAIL(PYHPC_ERR_PROTOCOL, "not a PCCL frame: magic 0x%08x", h.magic);
-  if (h.version != version)
-    return PYHPC_FAIL(PYHPC_ERR_PROTOCOL,
-                      "protocol version mismatch on the data plane: the other side speaks "
-                      "version %u, this side %u",
-                      unsigned(h.version), unsigned(version));
-  if (data_cap(h.type) == 0)
-    return PYHPC_FAIL(PYHPC_ERR_PROTOCOL, "not a data-plane message type: %u", unsigned(h.type));
-  if (h.length > data_cap(h.type))
-    return PYHPC_FAIL(PYHPC_ERR_PROTOCOL, "data-plane frame of type %u: %u bytes exceed the cap",
-                      unsigned(h.type), unsigned(h.length));
-  *out = h;
-  return PYHPC_OK;
 }
 
 DataPlane::DataPlane() = default;
@@ -528,6 +386,11 @@ void DataPlane::handshake(int fd) {
   }
   uint64_t from = get_le(hello + 64, 8), epoch = get_le(hello + 72, 8);
   uint32_t tag = uint32_t(get_le(hello + 80, 4));
+  uint8_t kind = hello[84];
+  if (kind > uint8_t(ChannelKind::kState)) {
+    ::close(fd);
+    return;
+  }
   Digest proof = ok_mac(secret_, hello, nonce);
   if (send_small(fd, version_, kDataOk, proof.data(), proof.size(), deadline) != PYHPC_OK) {
     clear_last_error();
@@ -544,7 +407,7 @@ void DataPlane::handshake(int fd) {
       ++it;
     }
   }
-  Key key{from, epoch, tag};
+  Key key{from, epoch, kind, tag};
   auto it = pending_.find(key);
   if (it != pending_.end()) ::close(it->second);  // a redial replaces the old one
   pending_[key] = fd;
@@ -556,6 +419,72 @@ DataPlane::Channel* DataPlane::channel(uint32_t tag) {
   auto& c = channels_[tag];
   if (!c) c = std::make_unique<Channel>();
   return c.get();
+}
+
+pyhpc_status DataPlane::dial(Peer& peer, const Topology& t, const PeerInfo& to,
+                             ChannelKind kind, uint32_t tag, Clock::time_point deadline,
+                             int* out) {
+  double left_s = std::chrono::duration<double>(deadline - Clock::now()).count();
+  int fd = -1;
+  if (connect_tcp(to.host, to.port, left_s > 0.001 ? left_s : 0.001, &fd) != PYHPC_OK) {
+    std::string why = last_error();
+    return PYHPC_FAIL(PYHPC_ERR_PEER, "cannot connect: %s", why.c_str());
+  }
+  big_buffers(fd);
+  uint8_t nonce[kNonceSize], hello[kHelloSize], proof[32];
+  auto interrupted = [&] { return !failed_members(peer, t).empty(); };
+  pyhpc_status s =
+      recv_small(fd, version_, kDataChallenge, kNonceSize, deadline, nonce, interrupted);
+  if (s == PYHPC_OK) s = random_bytes(hello, 32);
+  if (s == PYHPC_OK) {
+    put_le(hello + 64, peer.id(), 8);
+    put_le(hello + 72, t.epoch, 8);
+    put_le(hello + 80, tag, 4);
+    hello[84] = uint8_t(kind);
+    Digest mac = hello_mac(secret_, nonce, hello, hello + 64);
+    std::memcpy(hello + 32, mac.data(), 32);
+    s = send_small(fd, version_, kDataHello, hello, kHelloSize, deadline);
+  }
+  if (s == PYHPC_OK) s = recv_small(fd, version_, kDataOk, 32, deadline, proof, interrupted);
+  if (s != PYHPC_OK) {
+    ::close(fd);
+    if (s == PYHPC_ERR_PROTOCOL) return s;
+    std::string why = last_error();
+    return PYHPC_FAIL(PYHPC_ERR_PEER, "handshake failed: %s", why.c_str());
+  }
+  Digest want = ok_mac(secret_, hello, nonce);
+  if (!equal_constant_time(want.data(), proof, 32)) {
+    ::close(fd);
+    return PYHPC_FAIL(PYHPC_ERR_AUTH, "data plane: peer %llu does not know the shared secret",
+                      static_cast<unsigned long long>(to.id));
+  }
+  *out = fd;
+  return PYHPC_OK;
+}
+
+int DataPlane::claim(uint64_t from, uint64_t epoch, ChannelKind kind, uint32_t tag) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = pending_.find(Key{from, epoch, uint8_t(kind), tag});
+  if (it == pending_.end()) return -1;
+  int fd = it->second;
+  pending_.erase(it);
+  return fd;
+}
+
+std::vector<std::pair<uint64_t, int>> DataPlane::claim_all(uint64_t epoch, ChannelKind kind,
+                                                           uint32_t tag) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::pair<uint64_t, int>> out;
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    if (std::get<1>(it->first) == epoch && std::get<2>(it->first) == uint8_t(kind) &&
+        std::get<3>(it->first) == tag) {
+      out.push_back({std::get<0>(it->first), it->second});
+      it = pending_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return out;
 }
 
 pyhpc_status DataPlane::setup(Peer& peer, Channel& ch, const Topology& t, uint32_t tag,
@@ -577,40 +506,14 @@ pyhpc_status DataPlane::setup(Peer& peer, Channel& ch, const Topology& t, uint32
                       static_cast<unsigned long long>(who), why.c_str());
   };
   // Dial the right neighbour and prove the secret.
-  double left_s = std::chrono::duration<double>(deadline - Clock::now()).count();
   int fd = -1;
-  if (connect_tcp(right.host, right.port, left_s > 0.001 ? left_s : 0.001, &fd) != PYHPC_OK)
-    return fail_peer(right.id, "cannot connect to");
-  big_buffers(fd);
-  uint8_t nonce[kNonceSize], hello[kHelloSize], proof[32];
-  auto interrupted = [&] { return !failed_members(peer, t).empty(); };
-  pyhpc_status s =
-      recv_small(fd, version_, kDataChallenge, kNonceSize, deadline, nonce, interrupted);
-  if (s == PYHPC_OK) s = random_bytes(hello, 32);
-  if (s == PYHPC_OK) {
-    put_le(hello + 64, peer.id(), 8);
-    put_le(hello + 72, t.epoch, 8);
-    put_le(hello + 80, tag, 4);
-    Digest mac = hello_mac(secret_, nonce, hello, hello + 64);
-    std::memcpy(hello + 32, mac.data(), 32);
-    s = send_small(fd, version_, kDataHello, hello, kHelloSize, deadline);
-  }
-  if (s == PYHPC_OK) s = recv_small(fd, version_, kDataOk, 32, deadline, proof, interrupted);
-  if (s != PYHPC_OK) {
-    ::close(fd);
-    if (s == PYHPC_ERR_PROTOCOL) return s;
-    return fail_peer(right.id, "handshake failed with");
-  }
-  Digest want = ok_mac(secret_, hello, nonce);
-  if (!equal_constant_time(want.data(), proof, 32)) {
-    ::close(fd);
-    return PYHPC_FAIL(PYHPC_ERR_AUTH, "data plane: peer %llu does not know the shared secret",
-                      static_cast<unsigned long long>(right.id));
-  }
+  pyhpc_status s = dial(peer, t, right, ChannelKind::kRing, tag, deadline, &fd);
+  if (s == PYHPC_ERR_PEER) return fail_peer(right.id, "cannot reach");
+  if (s != PYHPC_OK) return s;
   ch.send_fd = fd;
   // Wait for the left neighbour's connection.
   std::unique_lock<std::mutex> lock(mu_);
-  Key key{left.id, t.epoch, tag};
+  Key key{left.id, t.epoch, uint8_t(ChannelKind::kRing), tag};
   for (;;) {
     auto it = pending_.find(key);
     if (it != pending_.end()) {

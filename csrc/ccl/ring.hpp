@@ -10,11 +10,13 @@
 //
 //   acceptor -> dialer  DATA_CHALLENGE  nonce[32]
 //   dialer -> acceptor  DATA_HELLO      client_nonce[32] mac[32] u64 from_id u64 epoch u32 tag
+//                                       u8 kind (0: ring; 1: shared-state fetch, state.cpp)
 //                       mac = HMAC(secret, "pccl-data" || nonce || client_nonce || from_id
-//                                  || epoch || tag)   (integers little-endian)
+//                                  || epoch || tag || kind)   (integers little-endian)
 //   acceptor -> dialer  DATA_OK         proof[32] = HMAC(secret, "pccl-data-ok" || client_nonce
 //                                                        || nonce)
 //
+// (The handshake, frame caps and helpers shared with the state sync are in channel.hpp.)
 // A wrong MAC, a malformed frame or silence for 2 s closes the connection.
 // Frames use the 12-byte header of wire.hpp (magic, version, type, length) with
 // data-plane types only (decode_data_header refuses control types, and the
@@ -66,6 +68,7 @@
 #include <tuple>
 #include <vector>
 
+#include "ccl/channel.hpp"
 #include "ccl/net.hpp"
 #include "ccl/peer.hpp"
 #include "common/status.hpp"
@@ -75,18 +78,6 @@ namespace pyhpc::ccl {
 enum class DType : uint8_t { kF16 = 1, kBF16 = 2, kF32 = 3, kF64 = 4, kI32 = 5, kI64 = 6 };
 enum class ReduceOp : uint8_t { kSum = 1, kAvg = 2, kMin = 3, kMax = 4 };
 enum class Quant : uint8_t { kNone = 0, kMinMaxU8 = 1 };
-
-constexpr uint16_t kDataChallenge = 10;
-constexpr uint16_t kDataHello = 11;
-constexpr uint16_t kDataOk = 12;
-constexpr uint16_t kDataOp = 13;
-constexpr uint16_t kData = 14;
-constexpr size_t kDataSubHeader = 24;
-constexpr size_t kMaxChunkBytes = size_t(64) << 20;
-
-// Validates a data-plane frame header: magic, version, a data-plane type, and
-// the length cap of that type.
-pyhpc_status decode_data_header(const uint8_t* p, size_t n, uint16_t version, Header* out);
 
 size_t dtype_size(DType t);
 
@@ -105,6 +96,31 @@ struct AllReduceArgs {
   // out (optional): bytes of DATA frames (headers included) this peer sent in
   // the ring; set on success, 0 otherwise.
   uint64_t* data_bytes_sent = nullptr;
+};
+
+// Shared-state sync (state.cpp): one tensor of the caller's state.
+struct StateTensor {
+  std::string name;   // the key (UTF-8)
+  std::string dtype;  // as in the tensor hash: "<f4", "|u1", "bfloat16", ...
+  uint8_t itemsize = 0;
+  std::vector<uint64_t> shape;
+  uint64_t nbytes = 0;
+  void* data = nullptr;  // C-contiguous, writable; only written on COMMIT
+};
+
+struct SyncArgs {
+  std::vector<StateTensor> tensors;  // names in strictly increasing byte order
+  uint64_t revision = 0;
+  double timeout_s = 30.0;
+  double test_serve_delay_s = 0;  // tests: a source sleeps after each chunk it sends
+};
+
+struct SyncResult {
+  uint64_t revision = 0;           // the winning revision, now this peer's
+  std::vector<uint32_t> fetched;   // indices into SyncArgs::tensors
+  std::vector<uint64_t> sources;   // the peer each was fetched from
+  uint64_t bytes_received = 0;     // tensor bytes fetched (frame headers not counted)
+  uint64_t bytes_sent = 0;         // tensor bytes served to other peers
 };
 
 class DataPlane {
@@ -126,12 +142,31 @@ class DataPlane {
   // the channel stays aborted until the next topology epoch.
   pyhpc_status all_reduce(Peer& peer, const AllReduceArgs& a, std::vector<uint64_t>* failed);
 
+  // Blocking shared-state sync over the peer's current topology (state.cpp;
+  // the round is described in master.hpp). On COMMIT the fetched tensors are
+  // written into the caller's arrays and `out` is filled; on PYHPC_ERR_PEER
+  // `failed` names the failed members and no array was written; a MISMATCH
+  // plan is INVALID_ARGUMENT with the master's text.
+  pyhpc_status sync_state(Peer& peer, const SyncArgs& a, SyncResult* out,
+                          std::vector<uint64_t>* failed);
+
  private:
   struct Channel;
-  using Key = std::tuple<uint64_t, uint64_t, uint32_t>;  // from_id, epoch, tag
+  using Key = std::tuple<uint64_t, uint64_t, uint8_t, uint32_t>;  // from_id, epoch, kind, tag
   void accept_loop();
   void handshake(int fd);
   Channel* channel(uint32_t tag);
+  // Dials `to` and runs the channel handshake for (epoch, kind, tag): a
+  // connected, authenticated, blocking socket in *fd. PYHPC_ERR_PEER when `to`
+  // cannot be reached, PROTOCOL or AUTH when it answers wrongly.
+  pyhpc_status dial(Peer& peer, const Topology& t, const PeerInfo& to, ChannelKind kind,
+                    uint32_t tag, Clock::time_point deadline, int* fd);
+  // An accepted connection from `from` for (epoch, kind, tag) if one came, else -1.
+  int claim(uint64_t from, uint64_t epoch, ChannelKind kind, uint32_t tag);
+  // Every accepted connection for (epoch, kind, tag), whoever dialled.
+  std::vector<std::pair<uint64_t, int>> claim_all(uint64_t epoch, ChannelKind kind, uint32_t tag);
+  pyhpc_status sync_round(Peer& peer, const SyncArgs& a, const Topology& t, uint64_t seq,
+                          SyncResult* out, std::vector<uint64_t>* failed);
   pyhpc_status setup(Peer& peer, Channel& ch, const Topology& t, uint32_t tag,
                      Clock::time_point deadline, std::vector<uint64_t>* failed);
 
@@ -147,6 +182,9 @@ class DataPlane {
   bool stop_ = false;
   std::map<Key, int> pending_;  // authenticated incoming connections not yet claimed
   std::map<uint32_t, std::unique_ptr<Channel>> channels_;
+  std::mutex sync_mu_;  // one state sync at a time
+  uint64_t sync_epoch_ = 0, sync_seq_ = 0;
+  bool sync_broken_ = false;  // a sync of sync_epoch_ failed: the peers' seqs may differ
 };
 
 }  // namespace pyhpc::ccl

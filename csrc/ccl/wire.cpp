@@ -63,6 +63,36 @@ constexpr size_t kPeerEntryMax = 8 + 2 + 2 + kMaxHost;
 constexpr size_t kVoteSize = 8 + 8 + 4 + 1;
 constexpr size_t kVerdictMax = kVoteSize + 4 + 8 * size_t(kMaxWorld);
 constexpr size_t kTopologyMax = 8 + 4 * 4 + 2 * 8 * size_t(kMaxWorld) + kMaxWorld * kPeerEntryMax;
+constexpr size_t kStateEntryMax =
+    2 + kMaxStateName + 2 + kMaxDtypeName + 1 + 1 + 8 * kMaxStateDims + 8 + 8;
+constexpr size_t kSyncReportMax = 8 + 8 + 8 + 4 + kMaxStateTensors * kStateEntryMax;
+constexpr size_t kSyncPlanMax = 8 + 8 + 1 + 8 + 4 + kMaxStateTensors * size_t(4 + 8 + 8);
+constexpr size_t kSyncDoneSize = 8 + 8 + 1;
+constexpr size_t kSyncVerdictMax = kSyncDoneSize + 4 + 8 * size_t(kMaxWorld);
+
+bool valid_itemsize(uint8_t k) {
+  return k == 1 || k == 2 || k == 4 || k == 8 || k == 16 || k == 32;
+}
+
+// prod(shape) * itemsize, false if it reaches kMaxStateBytes (no overflow on the way).
+bool state_bytes(const std::vector<uint64_t>& shape, uint8_t itemsize, uint64_t* out) {
+  uint64_t n = itemsize;
+  bool zero = false;
+  for (uint64_t d : shape) zero = zero || d == 0;
+  if (zero) {
+    *out = 0;
+    // still refuse absurd dimensions
+    for (uint64_t d : shape)
+      if (d >= kMaxStateBytes) return false;
+    return true;
+  }
+  for (uint64_t d : shape) {
+    if (d >= kMaxStateBytes || n > (kMaxStateBytes - 1) / d) return false;
+    n *= d;
+  }
+  *out = n;
+  return true;
+}
 
 bool printable_host(const std::string& h) {
   return std::all_of(h.begin(), h.end(), [](char c) { return c > 0x20 && c < 0x7f; });
@@ -87,13 +117,17 @@ const char* type_name(MsgType t) {
     case MsgType::kLeave: return "LEAVE";
     case MsgType::kVote: return "VOTE";
     case MsgType::kVerdict: return "VERDICT";
+    case MsgType::kSyncReport: return "SYNC_REPORT";
+    case MsgType::kSyncPlan: return "SYNC_PLAN";
+    case MsgType::kSyncDone: return "SYNC_DONE";
+    case MsgType::kSyncVerdict: return "SYNC_VERDICT";
   }
   return "UNKNOWN";
 }
 
 bool is_control_type(uint16_t type) {
   return (type >= kMinType && type <= uint16_t(MsgType::kLeave)) ||
-         type == uint16_t(MsgType::kVote) || type == uint16_t(MsgType::kVerdict);
+         (type >= uint16_t(MsgType::kVote) && type <= uint16_t(MsgType::kSyncVerdict));
 }
 
 size_t max_payload(uint16_t type) {
@@ -109,11 +143,15 @@ size_t max_payload(uint16_t type) {
     case MsgType::kLeave: return 0;
     case MsgType::kVote: return kVoteSize;
     case MsgType::kVerdict: return kVerdictMax;
+    case MsgType::kSyncReport: return kSyncReportMax;
+    case MsgType::kSyncPlan: return kSyncPlanMax;
+    case MsgType::kSyncDone: return kSyncDoneSize;
+    case MsgType::kSyncVerdict: return kSyncVerdictMax;
   }
   return 0;
 }
 
-size_t max_frame() { return kHeaderSize + kTopologyMax; }
+size_t max_frame() { return kHeaderSize + std::max(kTopologyMax, kSyncReportMax); }
 
 pyhpc_status decode_header(const uint8_t* p, size_t n, uint16_t version, Header* out) {
   Reader r(p, n);
@@ -231,6 +269,87 @@ pyhpc_status decode_payload(const Header& h, const uint8_t* p, size_t n, Message
       }
       break;
     }
+    case MsgType::kSyncReport: {
+      uint32_t count = 0;
+      if (!r.uint(&m.epoch) || !r.uint(&m.seq) || !r.uint(&m.revision) || !r.uint(&count))
+        return bad(tn, "truncated");
+      if (m.epoch == 0 || m.seq == 0) return bad(tn, "epoch or sequence number 0");
+      if (count > kMaxStateTensors) return bad(tn, "too many tensors");
+      // The smallest entry is 24 bytes: the count is checked before anything is reserved.
+      if (size_t(count) * 24 > r.left()) return bad(tn, "truncated tensor list");
+      m.tensors.resize(count);
+      for (uint32_t i = 0; i < count; ++i) {
+        StateEntry& e = m.tensors[i];
+        uint8_t ndim = 0;
+        if (!r.str(&e.name, kMaxStateName) || !r.str(&e.dtype, kMaxDtypeName) ||
+            !r.uint(&e.itemsize) || !r.uint(&ndim))
+          return bad(tn, "truncated tensor entry");
+        if (e.name.empty() || e.name.find('\0') != std::string::npos)
+          return bad(tn, "empty tensor name or one with a NUL byte");
+        if (i > 0 && !(m.tensors[i - 1].name < e.name))
+          return bad(tn, "tensor names not in strictly increasing order");
+        if (e.dtype.empty() || !printable_host(e.dtype)) return bad(tn, "bad dtype string");
+        if (!valid_itemsize(e.itemsize)) return bad(tn, "bad itemsize");
+        if (ndim > kMaxStateDims) return bad(tn, "too many dimensions");
+        e.shape.resize(ndim);
+        for (auto& d : e.shape)
+          if (!r.uint(&d)) return bad(tn, "truncated shape");
+        if (!r.uint(&e.nbytes) || !r.uint(&e.hash)) return bad(tn, "truncated tensor entry");
+        uint64_t want = 0;
+        if (!state_bytes(e.shape, e.itemsize, &want)) return bad(tn, "tensor too large");
+        if (e.nbytes != want) return bad(tn, "byte size differs from shape x itemsize");
+      }
+      break;
+    }
+    case MsgType::kSyncPlan: {
+      if (!r.uint(&m.epoch) || !r.uint(&m.seq) || !r.uint(&m.vote) || !r.uint(&m.revision))
+        return bad(tn, "truncated");
+      if (m.epoch == 0 || m.seq == 0) return bad(tn, "epoch or sequence number 0");
+      if (m.vote == uint8_t(SyncOutcome::kMismatch)) {
+        if (!r.str(&m.text, kMaxErrorText)) return bad(tn, "bad text string");
+        break;
+      }
+      if (m.vote != uint8_t(SyncOutcome::kPlan)) return bad(tn, "unknown outcome");
+      uint32_t count = 0;
+      if (!r.uint(&count)) return bad(tn, "truncated");
+      if (count > kMaxStateTensors) return bad(tn, "too many fetches");
+      if (size_t(count) * 20 != r.left())
+        return bad(tn, "fetch list length differs from its count");
+      m.fetch.resize(count);
+      for (uint32_t i = 0; i < count; ++i) {
+        StateFetch& f = m.fetch[i];
+        r.uint(&f.index);
+        r.uint(&f.from);
+        r.uint(&f.hash);
+        if (f.from == 0) return bad(tn, "peer id 0");
+        if (f.index >= kMaxStateTensors) return bad(tn, "tensor index out of range");
+        if (i > 0 && f.index <= m.fetch[i - 1].index)
+          return bad(tn, "fetch indices not strictly increasing");
+      }
+      break;
+    }
+    case MsgType::kSyncDone:
+    case MsgType::kSyncVerdict: {
+      if (!r.uint(&m.epoch) || !r.uint(&m.seq) || !r.uint(&m.vote)) return bad(tn, "truncated");
+      if (m.epoch == 0 || m.seq == 0) return bad(tn, "epoch or sequence number 0");
+      if (t == MsgType::kSyncDone) {
+        if (m.vote > 1) return bad(tn, "ok is neither 0 nor 1");
+        break;
+      }
+      if (m.vote != uint8_t(Verdict::kCommit) && m.vote != uint8_t(Verdict::kAbort))
+        return bad(tn, "unknown verdict");
+      uint32_t n_dead = 0;
+      if (!r.uint(&n_dead)) return bad(tn, "truncated");
+      if (n_dead > kMaxWorld) return bad(tn, "dead count too large");
+      if (size_t(n_dead) * 8 != r.left()) return bad(tn, "dead list length differs from its count");
+      if (n_dead && m.vote != uint8_t(Verdict::kAbort)) return bad(tn, "dead ids in a COMMIT");
+      m.dead.resize(n_dead);
+      for (auto& id : m.dead) {
+        r.uint(&id);
+        if (id == 0) return bad(tn, "peer id 0");
+      }
+      break;
+    }
   }
   if (r.left() != 0) return bad(tn, "trailing bytes");
   *out = std::move(m);
@@ -307,6 +426,53 @@ pyhpc_status encode(const Message& m, std::vector<uint8_t>* out, uint16_t versio
       w.uint(m.tag);
       w.uint(m.vote);
       if (m.type == MsgType::kVerdict) {
+        w.uint(uint32_t(m.dead.size()));
+        for (uint64_t id : m.dead) w.uint(id);
+      }
+      break;
+    case MsgType::kSyncReport:
+      if (m.tensors.size() > kMaxStateTensors) return too_long("tensor list");
+      w.uint(m.epoch);
+      w.uint(m.seq);
+      w.uint(m.revision);
+      w.uint(uint32_t(m.tensors.size()));
+      for (const auto& e : m.tensors) {
+        if (e.name.size() > kMaxStateName) return too_long("tensor name");
+        if (e.dtype.size() > kMaxDtypeName) return too_long("dtype");
+        if (e.shape.size() > kMaxStateDims) return too_long("shape");
+        w.str(e.name);
+        w.str(e.dtype);
+        w.uint(e.itemsize);
+        w.uint(uint8_t(e.shape.size()));
+        for (uint64_t d : e.shape) w.uint(d);
+        w.uint(e.nbytes);
+        w.uint(e.hash);
+      }
+      break;
+    case MsgType::kSyncPlan:
+      w.uint(m.epoch);
+      w.uint(m.seq);
+      w.uint(m.vote);
+      w.uint(m.revision);
+      if (m.vote == uint8_t(SyncOutcome::kMismatch)) {
+        w.str(m.text.size() > kMaxErrorText ? m.text.substr(0, kMaxErrorText) : m.text);
+        break;
+      }
+      if (m.fetch.size() > kMaxStateTensors) return too_long("fetch list");
+      w.uint(uint32_t(m.fetch.size()));
+      for (const auto& f : m.fetch) {
+        w.uint(f.index);
+        w.uint(f.from);
+        w.uint(f.hash);
+      }
+      break;
+    case MsgType::kSyncDone:
+    case MsgType::kSyncVerdict:
+      if (m.dead.size() > kMaxWorld) return too_long("dead list");
+      w.uint(m.epoch);
+      w.uint(m.seq);
+      w.uint(m.vote);
+      if (m.type == MsgType::kSyncVerdict) {
         w.uint(uint32_t(m.dead.size()));
         for (uint64_t id : m.dead) w.uint(id);
       }

@@ -31,8 +31,26 @@
 //                  COMMIT once every member of the epoch voted YES; ABORT as soon as a
 //                  member voted NO or is gone without a YES (dead: the members gone
 //                  without a YES); CONTINUE answers a QUERY whose dead all voted YES
+//   SYNC_REPORT    peer->master  u64 epoch u64 seq u64 revision u32 n
+//                                n x {str name str dtype u8 itemsize u8 ndim u64 shape[ndim]
+//                                     u64 nbytes u64 hash}
+//                  one sync_shared_state call (epoch, seq): this peer's revision and its
+//                  tensors, names 1..255 bytes without NUL in strictly increasing byte
+//                  order (so unique), dtype 1..16 printable ASCII, itemsize 1/2/4/8/16/32,
+//                  ndim <= 64, nbytes = prod(shape) * itemsize < 2^48, hash the tensor
+//                  hash (xxhash.hpp); n <= kMaxStateTensors
+//   SYNC_PLAN      master->peer  u64 epoch u64 seq u8 outcome (SyncOutcome) u64 revision
+//                  PLAN:     u32 n_fetch n_fetch x {u32 index u64 from_id u64 hash}
+//                            (indices strictly increasing): fetch tensor `index` (of
+//                            this peer's report) from peer from_id, expect `hash`
+//                  MISMATCH: str text(<=1024): the peers' tensor lists differ
+//   SYNC_DONE      peer->master  u64 epoch u64 seq u8 ok (1: this peer holds the winning
+//                                state, staged; 0: it gives up and the round aborts)
+//   SYNC_VERDICT   master->peer  u64 epoch u64 seq u8 verdict (Verdict: COMMIT or ABORT)
+//                                u32 n_dead u64 dead[n_dead] (ABORT only)
 //
-// Types 10..14 belong to the data plane (ring.hpp); the control decoder refuses them.
+// Types 10..14 and 21..22 belong to the data plane (ring.hpp, state.cpp); the
+// control decoder refuses them.
 //
 // The decoder checks the header first (magic, version, known type, length cap)
 // so a reader can refuse a frame before buffering its payload, then the payload
@@ -50,12 +68,19 @@
 namespace pyhpc::ccl {
 
 constexpr uint32_t kMagic = 0x4C434350u;
-constexpr uint16_t kProtocolVersion = 3;  // 2: VOTE/VERDICT (commit round); 3: quantize in OP descriptors
+// 2: VOTE/VERDICT (commit round); 3: quantize in OP descriptors; 4: shared-state sync
+// (SYNC_* frames, STATE_* data frames, a channel kind in DATA_HELLO)
+constexpr uint16_t kProtocolVersion = 4;
 constexpr size_t kHeaderSize = 12;
 constexpr size_t kNonceSize = 32;
 constexpr size_t kMaxHost = 255;
 constexpr size_t kMaxErrorText = 1024;
 constexpr uint32_t kMaxWorld = 4096;
+constexpr uint32_t kMaxStateTensors = 4096;
+constexpr size_t kMaxStateName = 255;
+constexpr size_t kMaxDtypeName = 16;
+constexpr uint32_t kMaxStateDims = 64;
+constexpr uint64_t kMaxStateBytes = uint64_t(1) << 48;
 
 enum class MsgType : uint16_t {
   kChallenge = 1,
@@ -69,14 +94,20 @@ enum class MsgType : uint16_t {
   kLeave = 9,
   kVote = 15,
   kVerdict = 16,
+  kSyncReport = 17,
+  kSyncPlan = 18,
+  kSyncDone = 19,
+  kSyncVerdict = 20,
 };
 constexpr uint16_t kMinType = 1;
-constexpr uint16_t kMaxType = 16;
-// A control-plane type (1..9, 15, 16).
+constexpr uint16_t kMaxType = 20;
+// A control-plane type (1..9, 15..20).
 bool is_control_type(uint16_t type);
 
 enum class Vote : uint8_t { kNo = 0, kYes = 1, kQuery = 2 };
 enum class Verdict : uint8_t { kCommit = 1, kAbort = 2, kContinue = 3 };
+
+enum class SyncOutcome : uint8_t { kPlan = 1, kMismatch = 2 };
 
 enum class FailReason : uint16_t { kClosed = 1, kTimeout = 2, kProtocol = 3 };
 
@@ -89,6 +120,23 @@ struct PeerInfo {
   uint64_t id = 0;
   uint16_t port = 0;
   std::string host;
+};
+
+// One tensor of a SYNC_REPORT.
+struct StateEntry {
+  std::string name;
+  std::string dtype;
+  uint8_t itemsize = 0;
+  std::vector<uint64_t> shape;
+  uint64_t nbytes = 0;
+  uint64_t hash = 0;
+};
+
+// One fetch of a SYNC_PLAN.
+struct StateFetch {
+  uint32_t index = 0;
+  uint64_t from = 0;
+  uint64_t hash = 0;
 };
 
 // One decoded message; only the fields of its type are meaningful.
@@ -106,7 +154,11 @@ struct Message {
   std::vector<uint64_t> dead, left;         // TOPOLOGY; dead: VERDICT too
   std::vector<PeerInfo> peers;
   uint32_t tag = 0;    // VOTE, VERDICT (with epoch, seq)
-  uint8_t vote = 0;    // VOTE: Vote; VERDICT: Verdict
+  uint8_t vote = 0;    // VOTE: Vote; VERDICT, SYNC_VERDICT: Verdict; SYNC_PLAN: SyncOutcome;
+                       // SYNC_DONE: ok
+  uint64_t revision = 0;            // SYNC_REPORT, SYNC_PLAN (the winner's)
+  std::vector<StateEntry> tensors;  // SYNC_REPORT
+  std::vector<StateFetch> fetch;    // SYNC_PLAN (PLAN); its text: MISMATCH
 };
 
 struct Header {

@@ -13,6 +13,7 @@
 #include "ccl/ring.hpp"
 #include "ccl/sha256.hpp"
 #include "ccl/wire.hpp"
+#include "ccl/xxhash.hpp"
 #include "common/status.hpp"
 #include "python/raise_status.hpp"
 
@@ -101,6 +102,38 @@ py::dict message_dict(const Message& m, uint16_t version) {
       break;
     case MsgType::kLeave:
       break;
+    case MsgType::kSyncReport: {
+      d["epoch"] = m.epoch;
+      d["seq"] = m.seq;
+      d["revision"] = m.revision;
+      py::list l;
+      for (const auto& e : m.tensors)
+        l.append(py::make_tuple(py::bytes(e.name), e.dtype, e.itemsize, e.shape, e.nbytes,
+                                e.hash));
+      d["tensors"] = l;
+      break;
+    }
+    case MsgType::kSyncPlan: {
+      d["epoch"] = m.epoch;
+      d["seq"] = m.seq;
+      d["outcome"] = m.vote;
+      d["revision"] = m.revision;
+      if (m.vote == uint8_t(SyncOutcome::kMismatch)) {
+        d["text"] = py::bytes(m.text).attr("decode")("utf-8", "replace");
+      } else {
+        py::list l;
+        for (const auto& f : m.fetch) l.append(py::make_tuple(f.index, f.from, f.hash));
+        d["fetch"] = l;
+      }
+      break;
+    }
+    case MsgType::kSyncDone:
+    case MsgType::kSyncVerdict:
+      d["epoch"] = m.epoch;
+      d["seq"] = m.seq;
+      d[m.type == MsgType::kSyncDone ? "ok" : "verdict"] = m.vote;
+      if (m.type == MsgType::kSyncVerdict) d["dead"] = m.dead;
+      break;
     case MsgType::kVote:
     case MsgType::kVerdict:
       d["epoch"] = m.epoch;
@@ -126,7 +159,24 @@ Message message_from_dict(const py::dict& d) {
   m.epoch = get<uint64_t>(d, "epoch", 0);
   m.your_rank = get<uint32_t>(d, "rank", 0);
   m.tag = get<uint32_t>(d, "tag", 0);
-  m.vote = get<uint8_t>(d, m.type == MsgType::kVerdict ? "verdict" : "vote", 0);
+  const char* vote_key = m.type == MsgType::kVerdict || m.type == MsgType::kSyncVerdict ? "verdict"
+                         : m.type == MsgType::kSyncPlan                                 ? "outcome"
+                         : m.type == MsgType::kSyncDone                                 ? "ok"
+                                                                                        : "vote";
+  m.vote = get<uint8_t>(d, vote_key, 0);
+  m.revision = get<uint64_t>(d, "revision", 0);
+  if (d.contains("tensors"))
+    for (auto item : d["tensors"]) {
+      auto t = item.cast<std::tuple<std::string, std::string, uint8_t, std::vector<uint64_t>,
+                                    uint64_t, uint64_t>>();
+      m.tensors.push_back({std::get<0>(t), std::get<1>(t), std::get<2>(t), std::get<3>(t),
+                           std::get<4>(t), std::get<5>(t)});
+    }
+  if (d.contains("fetch"))
+    for (auto item : d["fetch"]) {
+      auto t = item.cast<std::tuple<uint32_t, uint64_t, uint64_t>>();
+      m.fetch.push_back({std::get<0>(t), std::get<1>(t), std::get<2>(t)});
+    }
   m.dead = get<std::vector<uint64_t>>(d, "dead", {});
   m.left = get<std::vector<uint64_t>>(d, "left", {});
   if (d.contains("peers"))
@@ -166,6 +216,22 @@ PYBIND11_MODULE(_ccl, m) {
     Digest d = hmac_sha256(std::string(key), std::string(msg));
     return to_bytes(d.data(), d.size());
   }, py::arg("key"), py::arg("message"), "HMAC-SHA256 (RFC 2104).");
+
+  m.attr("HASH_CHUNK") = kHashChunk;
+  m.attr("MAX_STATE_TENSORS") = kMaxStateTensors;
+  m.attr("MAX_STATE_NAME") = kMaxStateName;
+  m.def("xxh64", [](py::bytes data, uint64_t seed) {
+    std::string s = data;
+    return xxh64(s.data(), s.size(), seed);
+  }, py::arg("data"), py::arg("seed") = 0, "XXH64 of data (xxHash specification).");
+  m.def("tensor_hash",
+        [](uintptr_t ptr, uint64_t nbytes, const std::string& dtype,
+           const std::vector<uint64_t>& shape) {
+          py::gil_scoped_release release;
+          return tensor_hash(reinterpret_cast<const void*>(ptr), nbytes, dtype, shape);
+        },
+        py::arg("ptr"), py::arg("nbytes"), py::arg("dtype"), py::arg("shape"),
+        "The tensor hash of nbytes at ptr (csrc/ccl/xxhash.hpp); the caller keeps them alive.");
 
   m.def("decode", [](py::bytes frame, uint16_t version) {
     std::string s = frame;
@@ -223,6 +289,9 @@ PYBIND11_MODULE(_ccl, m) {
         d["commits"] = s.commits;
         d["aborts"] = s.aborts;
         d["continues"] = s.continues;
+        d["sync_commits"] = s.sync_commits;
+        d["sync_aborts"] = s.sync_aborts;
+        d["sync_mismatches"] = s.sync_mismatches;
         return d;
       });
 
@@ -331,5 +400,45 @@ PYBIND11_MODULE(_ccl, m) {
            py::arg("peer"), py::arg("inp"), py::arg("out"), py::arg("count"), py::arg("dtype"),
            py::arg("op"), py::arg("tag"), py::arg("timeout"), py::arg("chunk_bytes"),
            py::arg("test_chunk_delay") = 0.0, py::arg("test_exit_at") = 0,
-           py::arg("quantize") = 0);
+           py::arg("quantize") = 0)
+      // tensors: [(name bytes, dtype, itemsize, shape, nbytes, data pointer)], names sorted.
+      // Returns ([], "", result dict) on success, (failed peer ids, message, None) on a
+      // peer failure; raises for anything else. The caller keeps the arrays alive.
+      .def("sync_state",
+           [](DataPlane& self, Peer& peer, py::list tensors, uint64_t revision, double timeout,
+              double test_serve_delay) {
+             SyncArgs a;
+             for (auto item : tensors) {
+               auto t = item.cast<std::tuple<std::string, std::string, uint8_t,
+                                             std::vector<uint64_t>, uint64_t, uintptr_t>>();
+               a.tensors.push_back({std::get<0>(t), std::get<1>(t), std::get<2>(t),
+                                    std::get<3>(t), std::get<4>(t),
+                                    reinterpret_cast<void*>(std::get<5>(t))});
+             }
+             a.revision = revision;
+             a.timeout_s = timeout;
+             a.test_serve_delay_s = test_serve_delay;
+             SyncResult r;
+             std::vector<uint64_t> failed;
+             pyhpc_status s;
+             {
+               py::gil_scoped_release release;
+               s = self.sync_state(peer, a, &r, &failed);
+             }
+             if (s == PYHPC_ERR_PEER && !failed.empty()) {
+               std::string why = pyhpc::last_error();
+               pyhpc::clear_last_error();
+               return py::object(py::make_tuple(failed, why, py::none()));
+             }
+             pyhpc::check(s);
+             py::dict d;
+             d["revision"] = r.revision;
+             d["fetched"] = r.fetched;
+             d["sources"] = r.sources;
+             d["bytes_received"] = r.bytes_received;
+             d["bytes_sent"] = r.bytes_sent;
+             return py::object(py::make_tuple(failed, std::string(), d));
+           },
+           py::arg("peer"), py::arg("tensors"), py::arg("revision"), py::arg("timeout"),
+           py::arg("test_serve_delay") = 0.0);
 }

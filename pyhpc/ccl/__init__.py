@@ -29,6 +29,15 @@ reduction over exactly the survivors::
         except PeerFailure:
             comm.update_topology()
 
+:meth:`Communicator.sync_shared_state` makes a dict of numpy arrays (model
+weights, optimizer state) bit-identical on every member: each peer reports
+its revision and a hash of every array (:func:`hash_array`); the master picks
+the content most peers hold and the outdated peers fetch only the arrays that
+differ, straight from up-to-date peers, all or nothing::
+
+    info = comm.sync_shared_state({"w": w, "b": b}, revision=step)
+    step = info.revision
+
 With no master address the communicator starts a master in this process
 (``comm.master``), whose address other peers can join. ``pyhpc master --port P
 --secret-file F`` runs a stand-alone master.
@@ -39,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import secrets as _secrets
 import threading
+import time
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -71,8 +81,12 @@ Secret = Union[bytes, str]
 
 __all__ = [
     "Master", "Communicator", "PeerInfo", "TopologyUpdate", "PeerFailure", "PROTOCOL_VERSION",
-    "parse_address", "AllReduceHandle",
+    "parse_address", "AllReduceHandle", "SyncInfo", "hash_array", "HASH_CHUNK",
 ]
+
+#: Chunk size of the tensor hash (:func:`hash_array`).
+HASH_CHUNK: int = _ccl.HASH_CHUNK
+_MAX_REVISION = 2**64 - 1
 
 
 class PeerFailure(PeerError):
@@ -105,6 +119,46 @@ class TopologyUpdate:
     joined: list  # ids admitted by this update (this peer too, on its first)
     dead: list  # ids removed because they failed
     left: list  # ids removed because they left
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncInfo:
+    """What one :meth:`Communicator.sync_shared_state` did on this peer."""
+
+    revision: int  # the winning revision: this peer's state now is that revision's
+    fetched: list  # names of the arrays this peer received (sorted)
+    bytes_received: int  # array bytes received (frame headers not counted)
+    bytes_sent: int  # array bytes this peer served to others
+    sources: dict  # name -> id of the peer it was fetched from
+    seconds: float  # wall time of the call
+
+
+def _state_dtype(a: np.ndarray) -> Optional[str]:
+    """The dtype string of the tensor hash, None if the dtype is not a fixed-size number."""
+    if a.dtype.kind in "biufc":
+        return a.dtype.str
+    if _ml_dtypes is not None and a.dtype == np.dtype(_ml_dtypes.bfloat16):
+        return "bfloat16"
+    return None
+
+
+def hash_array(a) -> int:
+    """The tensor hash (an unsigned 64-bit int) of a C-contiguous numpy array.
+
+    Version 1, defined so that a GPU can compute the same value: XXH64 (seed 0)
+    of every 1 MiB chunk of the array's raw bytes, then XXH64 of
+    ``u16 len(dtype) || dtype || u32 ndim || u64 shape[...] || u64 nbytes ||
+    u64 chunk digests...`` (little-endian; dtype as numpy's ``dtype.str``, e.g.
+    ``"<f4"``, or ``"bfloat16"``). The same bytes with another dtype or shape
+    hash differently."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"hash_array: expected a numpy array, got {type(a).__name__}")
+    dt = _state_dtype(a)
+    if dt is None:
+        raise InvalidArgumentError(f"hash_array: dtype {a.dtype} is not a fixed-size number")
+    if not a.flags.c_contiguous:
+        raise InvalidArgumentError("hash_array: the array must be C-contiguous")
+    return _ccl.tensor_hash(a.ctypes.data, a.nbytes, dt, list(a.shape))
 
 
 def _secret_bytes(secret: Secret | None, what: str) -> bytes:
@@ -200,7 +254,8 @@ class Master:
     def stats(self) -> dict:
         """epoch, members (ids, rank order), pending (ids), failures [(id, reason, unix time)],
         rejected (connections dropped at or before authentication), commits / aborts
-        (all-reduce commit rounds decided each way), continues (QUERYs answered CONTINUE:
+        (all-reduce commit rounds decided each way), sync_commits / sync_aborts (shared-state
+        sync rounds; aborts count mismatches too) / sync_mismatches, continues (QUERYs answered CONTINUE:
         a peer told of a death mid-operation went on because the dead had voted YES)."""
         return self._impl.stats()
 
@@ -449,6 +504,84 @@ class Communicator:
         Don't touch ``array``/``out`` until then. Give concurrent operations
         different tags."""
         return AllReduceHandle(self.all_reduce, array, op, out, tag, timeout, **kw)
+
+    def sync_shared_state(self, state: dict, revision: int, timeout: float | None = None, *,
+                          _serve_delay: float = 0.0) -> SyncInfo:
+        """Make ``state`` (a dict name -> numpy array) identical on every member.
+
+        Collective over the members of the current epoch, like :meth:`all_reduce`;
+        every peer passes the same names, dtypes and shapes (else every peer
+        raises InvalidArgumentError naming the first differing tensor) and its
+        ``revision`` (an int, 0..2**64-1). Arrays: C-contiguous, writable, any
+        fixed-size numeric dtype (bool, ints, floats, complex, bfloat16); names:
+        non-empty str of at most 255 UTF-8 bytes; at most 4096 arrays.
+
+        The winner is the content, (revision, every array's :func:`hash_array`),
+        held by the most peers; among equally common contents the higher
+        revision wins, then the one held by the lowest peer id. A peer whose
+        content differs fetches only the arrays whose hash differs from the
+        winner's, each straight from one up-to-date peer (spread over them by
+        bytes), checks every hash, and only when all arrived and every peer is
+        done writes them into its arrays in place. Returns a :class:`SyncInfo`
+        (its ``revision`` is the winning one). After it returns every member
+        holds bit-identical arrays.
+
+        If a member dies, freezes or leaves mid-sync (a source mid-transfer
+        included), or ``timeout`` seconds (default ``op_timeout``) pass, every
+        survivor raises :class:`PeerFailure` naming it and no array changed:
+        call :meth:`update_topology` and sync again.
+        """
+        if not self._connected or not self._impl.admitted:
+            raise InvalidArgumentError("sync_shared_state: not admitted yet; "
+                                       "call update_topology()")
+        if not isinstance(state, dict):
+            raise InvalidArgumentError(f"sync_shared_state: state must be a dict of name -> numpy "
+                                       f"array, got {type(state).__name__}")
+        if (isinstance(revision, bool) or not isinstance(revision, (int, np.integer))
+                or not 0 <= int(revision) <= _MAX_REVISION):
+            raise InvalidArgumentError(f"sync_shared_state: revision must be an int in "
+                                       f"0..2**64-1, got {revision!r}")
+        if len(state) > _ccl.MAX_STATE_TENSORS:
+            raise InvalidArgumentError(f"sync_shared_state: state has {len(state)} arrays, at most "
+                                       f"{_ccl.MAX_STATE_TENSORS}")
+        timeout = self.op_timeout if timeout is None else float(timeout)
+        if timeout <= 0:
+            raise InvalidArgumentError("sync_shared_state: timeout must be > 0")
+        entries = []
+        for name, a in state.items():
+            if not isinstance(name, str):
+                raise InvalidArgumentError(f"sync_shared_state: state keys must be str, got "
+                                           f"{name!r} ({type(name).__name__})")
+            raw = name.encode("utf-8", "surrogatepass")
+            if not raw or len(raw) > _ccl.MAX_STATE_NAME or b"\0" in raw:
+                raise InvalidArgumentError(
+                    f"sync_shared_state: state key {name[:40]!r}: names must be "
+                    f"1..{_ccl.MAX_STATE_NAME} UTF-8 bytes without NUL")
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"sync_shared_state: state[{name!r}] is a {type(a).__name__}, "
+                                f"not a numpy array")
+            dt = _state_dtype(a)
+            if dt is None:
+                raise InvalidArgumentError(f"sync_shared_state: state[{name!r}] has dtype "
+                                           f"{a.dtype}, not a fixed-size number")
+            if not a.flags.c_contiguous:
+                raise InvalidArgumentError(f"sync_shared_state: state[{name!r}] is not "
+                                           f"C-contiguous")
+            if not a.flags.writeable:
+                raise InvalidArgumentError(f"sync_shared_state: state[{name!r}] is read-only")
+            entries.append((raw, dt, a.dtype.itemsize, list(a.shape), a.nbytes, a.ctypes.data,
+                            name))
+        entries.sort(key=lambda e: e[0])
+        self.raise_if_failed()
+        t0 = time.perf_counter()
+        failed, why, r = self._data.sync_state(self._impl, [e[:6] for e in entries], int(revision),
+                                               timeout, float(_serve_delay))
+        if failed:
+            raise PeerFailure(f"sync_shared_state: peer(s) {', '.join(map(str, failed))} failed "
+                              f"({why}); call update_topology() and retry", peer_ids=failed)
+        names = [entries[i][6] for i in r["fetched"]]
+        return SyncInfo(r["revision"], sorted(names), r["bytes_received"], r["bytes_sent"],
+                        dict(zip(names, r["sources"])), time.perf_counter() - t0)
 
     def leave(self) -> None:
         """Leave the run gracefully (reported to the others as left, not dead)."""
