@@ -112,6 +112,19 @@ MESSAGES = [
     {"type": "sync_done", "epoch": 6, "seq": 1, "ok": 0},
     {"type": "sync_verdict", "epoch": 6, "seq": 1, "verdict": 1, "dead": []},
     {"type": "sync_verdict", "epoch": 6, "seq": 1, "verdict": 2, "dead": [9, 2**64 - 1]},
+    # topology optimization
+    {"type": "topo_report", "epoch": 2, "seq": 1, "ok": 1, "ids": [3, 2**64 - 1],
+     "bandwidth": [10**9, 1], "latency_ns": [2**64 - 1, 50_000]},
+    {"type": "topo_report", "epoch": 2, "seq": 2**64 - 1, "ok": 1, "ids": [], "bandwidth": [],
+     "latency_ns": []},
+    {"type": "topo_report", "epoch": 2, "seq": 3, "ok": 0, "ids": [], "bandwidth": [],
+     "latency_ns": []},
+    {"type": "topo_result", "epoch": 4, "seq": 1, "outcome": 1, "ids": [7, 3, 9],
+     "order": [7, 9, 3], "bandwidth": [0, 5, 6, 7, 0, 8, 9, 10, 0],
+     "latency_ns": [0, 1, 2, 3, 0, 4, 5, 6, 0]},
+    {"type": "topo_result", "epoch": 4, "seq": 1, "outcome": 1, "ids": [7], "order": [7],
+     "bandwidth": [0], "latency_ns": [0]},
+    {"type": "topo_result", "epoch": 4, "seq": 1, "outcome": 2, "dead": [3, 2**64 - 1]},
 ]
 
 
@@ -160,7 +173,7 @@ def _clean_decode(data: bytes) -> None:
 @given(st.binary(max_size=200))
 def test_decode_fuzz_random_bytes(data):
     _clean_decode(data)
-    _clean_decode(frame(data[0] % 24 if data else 0, data))  # a valid header, random payload
+    _clean_decode(frame(data[0] % 28 if data else 0, data))  # a valid header, random payload
 
 
 VALID_FRAMES = [_ccl.encode(m) for m in MESSAGES]
@@ -215,8 +228,8 @@ def test_decode_rejects_with_clear_messages():
         _ccl.decode(_ccl.encode({"type": "leave"}, version=other))
     with pytest.raises(pyhpc.ProtocolError, match=f"version {v - 1}.*version {v}"):
         _ccl.decode(_ccl.encode({"type": "leave"}, version=v - 1))  # the previous version
-    # The data-plane types (10..14, 21, 22) are not control messages.
-    for t in (10, 11, 12, 13, 14, 21, 22):
+    # The data-plane types (10..14, 21, 22, 25, 26) are not control messages.
+    for t in (10, 11, 12, 13, 14, 21, 22, 25, 26):
         with pytest.raises(pyhpc.ProtocolError, match=f"unknown message type {t}"):
             _ccl.decode(frame(t, b""))
     vote = {"type": "vote", "epoch": 1, "tag": 0, "seq": 1, "vote": 1}

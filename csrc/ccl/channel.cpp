@@ -25,6 +25,8 @@ size_t data_cap(uint16_t type) {
     case kData: return kDataSubHeader + kMaxChunkBytes;
     case kStateRequest: return kStateRequestSize;
     case kStateData: return kStateSubHeader + kHashChunk;
+    case kProbePing: return kProbePingSize;  // topology optimization
+    case kProbeBulk: return kProbeBulkMax;
     default: return 0;
   }
 }

@@ -12,7 +12,9 @@
 //                          || epoch || tag || kind)
 //
 // kind 0: a ring channel of all_reduce (tag: the caller's tag); kind 1: a
-// shared-state fetch (tag: the low 32 bits of the sync's sequence number).
+// shared-state fetch (tag: the low 32 bits of the sync's sequence number);
+// kind 2: a topology probe (tag: the low 32 bits of optimize_topology's
+// sequence number; topology.hpp).
 #pragma once
 
 #include <cstddef>
@@ -36,6 +38,12 @@ constexpr uint16_t kDataOp = 13;
 constexpr uint16_t kData = 14;
 constexpr uint16_t kStateRequest = 21;  // state.cpp
 constexpr uint16_t kStateData = 22;     // state.cpp
+// ---- topology optimization (topology.cpp) ----
+constexpr uint16_t kProbePing = 25;  // u64 counter (a ping, its echo, or a bulk transfer's ack)
+constexpr uint16_t kProbeBulk = 26;  // bytes of a bandwidth measurement
+constexpr size_t kProbePingSize = 8;
+constexpr size_t kProbeBulkMax = size_t(1) << 20;
+// ---- end topology optimization ----
 constexpr size_t kDataSubHeader = 24;
 constexpr size_t kMaxChunkBytes = size_t(64) << 20;
 constexpr size_t kHelloSize = 32 + 32 + 8 + 8 + 4 + 1;
@@ -46,7 +54,8 @@ constexpr size_t kStateSubHeader = 8 + 4 + 8;    // u64 seq u32 index u64 offset
 constexpr double kHandshakeTimeout = 2.0;
 constexpr int kPollSliceMs = 10;
 
-enum class ChannelKind : uint8_t { kRing = 0, kState = 1 };
+enum class ChannelKind : uint8_t { kRing = 0, kState = 1, kProbe = 2 };
+constexpr uint8_t kMaxChannelKind = uint8_t(ChannelKind::kProbe);
 
 // Validates a data-plane frame header: magic, version, a data-plane type, and
 // the length cap of that type.

@@ -12,6 +12,7 @@
 
 #include "ccl/net.hpp"
 #include "ccl/sha256.hpp"
+#include "ccl/topology.hpp"
 
 namespace pyhpc::ccl {
 namespace {
@@ -22,6 +23,8 @@ constexpr size_t kMaxOpenVotes = 1024;  // undecided YES votes per member
 constexpr size_t kMaxAborted = 4096;    // ABORT decisions remembered per epoch
 constexpr size_t kMaxOpenSyncs = 64;    // undecided shared-state sync rounds
 constexpr size_t kMaxSyncsDecided = 4096;
+constexpr size_t kMaxOpenTopos = 16;      // topology optimization: undecided rounds
+constexpr size_t kMaxToposDecided = 4096;
 
 std::string shape_text(const StateEntry& e) {
   std::string s = e.dtype + " (";
@@ -333,6 +336,9 @@ void Master::handle(Client& c, const Message& m) {
     case MsgType::kSyncDone:
       on_sync_done(c, m);
       return;
+    case MsgType::kTopoReport:  // topology optimization
+      on_topo_report(c, m);
+      return;
     case MsgType::kLeave: {
       for (auto& s : slots_)
         if (s.client == &c) {
@@ -344,6 +350,7 @@ void Master::handle(Client& c, const Message& m) {
       c.state = ClientState::kGone;
       resolve_ops();
       resolve_syncs();
+      resolve_topos();
       maybe_complete_update();
       publish();
       return;
@@ -404,6 +411,7 @@ void Master::fail_client(Client& c, FailReason reason) {
       if (s.client) queue(*s.client, f);
     resolve_ops();
     resolve_syncs();
+    resolve_topos();
     maybe_complete_update();
   }
   publish();
@@ -434,6 +442,11 @@ void Master::maybe_complete_update() {
   while (!syncs_.empty()) decide_sync(syncs_.begin()->first, Verdict::kAbort);
   syncs_decided_.clear();
   syncs_decided_order_.clear();
+  // And undecided topology optimizations (a decided one's order applies now).
+  while (!topos_.empty()) decide_topo_abort(topos_.begin()->first);
+  topos_decided_.clear();
+  std::vector<uint64_t> preferred;
+  preferred.swap(preferred_order_);
 
   Message t;
   t.type = MsgType::kTopology;
@@ -443,6 +456,13 @@ void Master::maybe_complete_update() {
     if (s.gone == Gone::kDead) t.dead.push_back(s.id);
     else if (s.gone == Gone::kLeft) t.left.push_back(s.id);
     else next.push_back(s);
+  }
+  if (!preferred.empty()) {  // topology optimization: survivors in the chosen ring order
+    auto pos = [&](uint64_t id) {
+      return std::find(preferred.begin(), preferred.end(), id) - preferred.begin();
+    };
+    std::stable_sort(next.begin(), next.end(),
+                     [&](const Slot& a, const Slot& b) { return pos(a.id) < pos(b.id); });
   }
   for (Client* c : joiners) {
     if (next.size() >= kMaxWorld) break;  // the rest wait for a later update
@@ -773,6 +793,125 @@ void Master::on_sync_done(Client& c, const Message& m) {
     if (!round.done.count(s.id)) return;
   decide_sync(m.seq, Verdict::kCommit);
 }
+
+// ---- topology optimization ------------------------------------------------------
+
+void Master::topo_abort_to(Client* c, uint64_t epoch, uint64_t seq) {
+  if (!c) return;
+  Message m;
+  m.type = MsgType::kTopoResult;
+  m.epoch = epoch;
+  m.seq = seq;
+  m.vote = uint8_t(TopoOutcome::kAbort);
+  if (epoch == epoch_) m.dead = gone_members();
+  if (m.dead.size() > kMaxWorld) m.dead.resize(kMaxWorld);
+  queue(*c, m);
+}
+
+void Master::decide_topo_abort(uint64_t seq) {
+  auto it = topos_.find(seq);
+  if (it == topos_.end()) return;
+  {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    ++stats_.topo_aborts;
+  }
+  // Members that have not reported yet hear the ABORT when they do.
+  for (const auto& [id, report] : it->second.reports) topo_abort_to(member_client(id), epoch_, seq);
+  topos_.erase(it);
+  topos_decided_[seq] = true;
+  if (topos_decided_.size() > kMaxToposDecided) topos_decided_.erase(topos_decided_.begin());
+}
+
+void Master::resolve_topos() {
+  if (gone_members().empty()) return;
+  while (!topos_.empty()) decide_topo_abort(topos_.begin()->first);
+}
+
+void Master::on_topo_report(Client& c, const Message& m) {
+  if (c.state != ClientState::kMember || !member_client(c.id)) {
+    reject(c, PYHPC_ERR_PROTOCOL, "TOPO_REPORT from a peer that is not a member");
+    return;
+  }
+  if (m.epoch != epoch_) {  // an older epoch's round: it cannot go on
+    topo_abort_to(&c, m.epoch, m.seq);
+    return;
+  }
+  if (topos_decided_.count(m.seq)) {  // aborted before this peer reported
+    topo_abort_to(&c, m.epoch, m.seq);
+    return;
+  }
+  if (m.vote == 1) {  // the row must name exactly the other members
+    std::vector<uint64_t> want, got = m.ids;
+    for (const auto& s : slots_)
+      if (s.id != c.id) want.push_back(s.id);
+    std::sort(want.begin(), want.end());
+    std::sort(got.begin(), got.end());
+    if (want != got) {
+      reject(c, PYHPC_ERR_PROTOCOL, "a TOPO_REPORT that does not measure every other member");
+      return;
+    }
+  }
+  auto it = topos_.find(m.seq);
+  if (it == topos_.end()) {
+    if (topos_.size() >= kMaxOpenTopos) {
+      reject(c, PYHPC_ERR_PROTOCOL, "too many undecided topology optimizations");
+      return;
+    }
+    it = topos_.emplace(m.seq, TopoRound{}).first;
+  }
+  TopoRound& round = it->second;
+  if (round.reports.count(c.id)) {
+    reject(c, PYHPC_ERR_PROTOCOL, "a second TOPO_REPORT for one topology optimization");
+    return;
+  }
+  round.reports.emplace(c.id, m);
+  if (m.vote == 0 || !gone_members().empty()) {
+    decide_topo_abort(m.seq);
+    return;
+  }
+  for (const auto& s : slots_)
+    if (!round.reports.count(s.id)) return;
+  decide_topo_order(m.seq, round);
+}
+
+void Master::decide_topo_order(uint64_t seq, TopoRound& round) {
+  const size_t n = slots_.size();
+  Message r;
+  r.type = MsgType::kTopoResult;
+  r.epoch = epoch_;
+  r.seq = seq;
+  r.vote = uint8_t(TopoOutcome::kOrder);
+  r.bandwidth.assign(n * n, 0);
+  r.latency_ns.assign(n * n, 0);
+  for (const auto& s : slots_) r.ids.push_back(s.id);
+  for (size_t i = 0; i < n; ++i) {
+    const Message& rep = round.reports.at(r.ids[i]);
+    for (size_t k = 0; k < rep.ids.size(); ++k) {
+      size_t j = std::find(r.ids.begin(), r.ids.end(), rep.ids[k]) - r.ids.begin();
+      r.bandwidth[i * n + j] = rep.bandwidth[k];
+      r.latency_ns[i * n + j] = rep.latency_ns[k];
+    }
+  }
+  // A link is as fast as its slower direction; its latency the mean of both.
+  std::vector<double> bw(n * n, 0.0), lat(n * n, 0.0);
+  for (size_t i = 0; i < n; ++i)
+    for (size_t j = 0; j < n; ++j) {
+      if (i == j) continue;
+      bw[i * n + j] = double(std::min(r.bandwidth[i * n + j], r.bandwidth[j * n + i]));
+      lat[i * n + j] = (double(r.latency_ns[i * n + j]) + double(r.latency_ns[j * n + i])) / 2;
+    }
+  for (uint32_t k : best_ring(n, bw, lat)) r.order.push_back(r.ids[k]);
+  for (const auto& s : slots_)
+    if (s.client) queue(*s.client, r);
+  preferred_order_ = r.order;
+  topos_.erase(seq);
+  topos_decided_[seq] = false;
+  if (topos_decided_.size() > kMaxToposDecided) topos_decided_.erase(topos_decided_.begin());
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  ++stats_.topo_orders;
+}
+
+// ---- end topology optimization ----
 
 void Master::check_deadlines() {
   auto now = Clock::now();

@@ -43,9 +43,19 @@
 // kMaxOpenSyncs rounds are undecided at a time; undecided rounds are aborted
 // at the next topology update.
 //
+// Topology optimization rounds (epoch, seq) (topology.hpp, wire.hpp TOPO_*):
+// the master collects every member's TOPO_REPORT (its measurements to every
+// other member), then sends all the matrices and the ring order best_ring
+// picks (TOPO_RESULT ORDER), and keeps that order for the next update. A
+// member that dies, leaves or freezes before every report is in, or a report
+// with ok 0, aborts the round for all (ABORT names the members gone). At most
+// kMaxOpenTopos rounds are undecided at a time; undecided rounds are aborted
+// at the next topology update.
+//
 // At an update the master then admits the pending peers that asked too,
-// assigns ranks (survivors keep their relative order, then the newcomers in
-// the order they authenticated) and sends every member a TOPOLOGY.
+// assigns ranks (survivors keep their relative order -- or, after a topology
+// optimization decided in the closing epoch, take its ring order -- then the
+// newcomers in the order they authenticated) and sends every member a TOPOLOGY.
 #pragma once
 
 #include <atomic>
@@ -89,6 +99,7 @@ struct MasterStats {
   uint64_t commits = 0, aborts = 0;     // all-reduce commit rounds decided each way
   uint64_t continues = 0;               // QUERYs answered CONTINUE
   uint64_t sync_commits = 0, sync_aborts = 0, sync_mismatches = 0;  // shared-state sync rounds
+  uint64_t topo_orders = 0, topo_aborts = 0;  // topology optimization rounds
 };
 
 class Master {
@@ -139,6 +150,16 @@ class Master {
   void decide_sync(uint64_t seq, Verdict v);
   void sync_verdict_to(Client* c, uint64_t epoch, uint64_t seq, Verdict v);
   std::vector<uint64_t> gone_members() const;
+  // ---- topology optimization ----
+  struct TopoRound {
+    std::map<uint64_t, Message> reports;  // by peer id
+  };
+  void on_topo_report(Client& c, const Message& m);
+  void decide_topo_order(uint64_t seq, TopoRound& round);
+  void decide_topo_abort(uint64_t seq);
+  void topo_abort_to(Client* c, uint64_t epoch, uint64_t seq);
+  void resolve_topos();
+  // ---- end topology optimization ----
 
   MasterOptions options_;
   uint16_t port_ = 0;
@@ -159,6 +180,10 @@ class Master {
   std::map<uint64_t, SyncRound> syncs_;        // undecided sync rounds of epoch_, by seq
   std::map<uint64_t, Verdict> syncs_decided_;  // decided in epoch_ (bounded; MISMATCH: ABORT)
   std::deque<uint64_t> syncs_decided_order_;
+  // topology optimization
+  std::map<uint64_t, TopoRound> topos_;      // undecided rounds of epoch_, by seq
+  std::map<uint64_t, bool> topos_decided_;   // decided in epoch_: seq -> aborted (bounded)
+  std::vector<uint64_t> preferred_order_;    // decided in epoch_: the next update's rank order
 
   mutable std::mutex stats_mu_;
   MasterStats stats_;

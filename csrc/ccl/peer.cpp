@@ -167,6 +167,8 @@ void Peer::loop() {
         sync_plans_.erase(sync_plans_.begin(), sync_plans_.lower_bound(SyncKey{m.epoch, 0}));
         sync_verdicts_.erase(sync_verdicts_.begin(),
                              sync_verdicts_.lower_bound(SyncKey{m.epoch, 0}));
+        topo_results_.erase(topo_results_.begin(),
+                            topo_results_.lower_bound(SyncKey{m.epoch, 0}));
         ++topologies_seen_;
         update_outstanding_ = false;
         unclaimed_ = true;
@@ -181,6 +183,11 @@ void Peer::loop() {
         if (box.size() >= kMaxVerdicts) box.erase(box.begin());
         SyncKey k{m.epoch, m.seq};
         box[k] = std::move(m);
+        cv_.notify_all();
+      } else if (m.type == MsgType::kTopoResult) {  // topology optimization
+        if (topo_results_.size() >= kMaxVerdicts) topo_results_.erase(topo_results_.begin());
+        SyncKey k{m.epoch, m.seq};
+        topo_results_[k] = std::move(m);
         cv_.notify_all();
       } else if (m.type == MsgType::kPeerFailed) {
         failures_.push_back(m.id);
@@ -281,6 +288,36 @@ pyhpc_status Peer::await_sync(uint64_t epoch, uint64_t seq, bool want_plan,
     return PYHPC_FAIL(PYHPC_ERR_PEER, "state sync: %s", broken_why_.c_str());
   return PYHPC_FAIL(PYHPC_ERR_TIMEOUT, "state sync: no word from the master in time");
 }
+
+// ---- topology optimization ----
+pyhpc_status Peer::topo_send(const Message& m) {
+  pyhpc_status s = send(m);
+  if (s != PYHPC_OK) {
+    std::string why = last_error();
+    return PYHPC_FAIL(PYHPC_ERR_PEER, "cannot reach the master for optimize_topology: %s",
+                      why.c_str());
+  }
+  return PYHPC_OK;
+}
+
+pyhpc_status Peer::await_topo(uint64_t epoch, uint64_t seq, Clock::time_point deadline,
+                              Message* out) {
+  SyncKey k{epoch, seq};
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_until(lock, deadline,
+                 [&] { return topo_results_.count(k) || broken_ != PYHPC_OK || stop_; });
+  auto it = topo_results_.find(k);
+  if (it != topo_results_.end()) {
+    *out = std::move(it->second);
+    topo_results_.erase(it);
+    return PYHPC_OK;
+  }
+  if (stop_) return PYHPC_FAIL(PYHPC_ERR_PEER, "this peer was closed during optimize_topology");
+  if (broken_ != PYHPC_OK)
+    return PYHPC_FAIL(PYHPC_ERR_PEER, "optimize_topology: %s", broken_why_.c_str());
+  return PYHPC_FAIL(PYHPC_ERR_TIMEOUT, "optimize_topology: no word from the master in time");
+}
+// ---- end topology optimization ----
 
 pyhpc_status Peer::health() const {
   std::lock_guard<std::mutex> lock(mu_);

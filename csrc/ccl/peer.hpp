@@ -79,6 +79,12 @@ class Peer {
   // deadline only looks). Fails like await_verdict.
   pyhpc_status await_sync(uint64_t epoch, uint64_t seq, bool want_plan,
                           Clock::time_point deadline, Message* out);
+  // topology optimization (topology.hpp): sends a TOPO_REPORT (PYHPC_ERR_PEER if the
+  // master cannot be reached); waits until `deadline` for the master's TOPO_RESULT
+  // on (epoch, seq). Fails like await_verdict.
+  pyhpc_status topo_send(const Message& m);
+  pyhpc_status await_topo(uint64_t epoch, uint64_t seq, Clock::time_point deadline,
+                          Message* out);
   // OK while connected; else why not (and the message through last_error()).
   pyhpc_status health() const;
 
@@ -112,6 +118,7 @@ class Peer {
   std::map<OpKey, std::pair<Verdict, std::vector<uint64_t>>> verdicts_;  // not yet claimed
   using SyncKey = std::pair<uint64_t, uint64_t>;                        // epoch, seq
   std::map<SyncKey, Message> sync_plans_, sync_verdicts_;               // not yet claimed
+  std::map<SyncKey, Message> topo_results_;  // topology optimization: not yet claimed
 };
 
 }  // namespace pyhpc::ccl

@@ -387,7 +387,7 @@ void DataPlane::handshake(int fd) {
   uint64_t from = get_le(hello + 64, 8), epoch = get_le(hello + 72, 8);
   uint32_t tag = uint32_t(get_le(hello + 80, 4));
   uint8_t kind = hello[84];
-  if (kind > uint8_t(ChannelKind::kState)) {
+  if (kind > kMaxChannelKind) {
     ::close(fd);
     return;
   }

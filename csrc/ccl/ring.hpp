@@ -123,6 +123,21 @@ struct SyncResult {
   uint64_t bytes_sent = 0;         // tensor bytes served to other peers
 };
 
+// ---- topology optimization (topology.hpp, topology.cpp) ----
+struct ProbeArgs {
+  uint64_t probe_bytes = uint64_t(1) << 20;  // sent each way per pair for bandwidth
+  double timeout_s = 30.0;
+  int test_exit_in_round = -1;  // tests: _exit(3) when this peer's measuring round k starts
+};
+
+// What every member gets: the master's TOPO_RESULT (ORDER).
+struct ProbeResult {
+  std::vector<uint64_t> ids;    // the epoch's members in rank order (rows and columns)
+  std::vector<uint64_t> order;  // the new ring order (ids), in effect after the next update
+  std::vector<uint64_t> bandwidth, latency_ns;  // n x n, row-major
+};
+// ---- end topology optimization ----
+
 class DataPlane {
  public:
   DataPlane();
@@ -149,6 +164,12 @@ class DataPlane {
   // plan is INVALID_ARGUMENT with the master's text.
   pyhpc_status sync_state(Peer& peer, const SyncArgs& a, SyncResult* out,
                           std::vector<uint64_t>* failed);
+
+  // topology optimization: measures every pair of the current epoch's members
+  // and gets the master's decision (topology.hpp). On PYHPC_ERR_PEER `failed`
+  // names the failed members. The caller then updates the topology.
+  pyhpc_status probe_topology(Peer& peer, const ProbeArgs& a, ProbeResult* out,
+                              std::vector<uint64_t>* failed);
 
  private:
   struct Channel;
@@ -185,6 +206,11 @@ class DataPlane {
   std::mutex sync_mu_;  // one state sync at a time
   uint64_t sync_epoch_ = 0, sync_seq_ = 0;
   bool sync_broken_ = false;  // a sync of sync_epoch_ failed: the peers' seqs may differ
+  // topology optimization
+  pyhpc_status probe_round(Peer& peer, const ProbeArgs& a, const Topology& t, uint64_t seq,
+                           ProbeResult* out, std::vector<uint64_t>* failed);
+  std::mutex probe_mu_;  // one optimize_topology at a time
+  uint64_t probe_epoch_ = 0, probe_seq_ = 0;
 };
 
 }  // namespace pyhpc::ccl

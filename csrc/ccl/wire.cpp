@@ -69,6 +69,10 @@ constexpr size_t kSyncReportMax = 8 + 8 + 8 + 4 + kMaxStateTensors * kStateEntry
 constexpr size_t kSyncPlanMax = 8 + 8 + 1 + 8 + 4 + kMaxStateTensors * size_t(4 + 8 + 8);
 constexpr size_t kSyncDoneSize = 8 + 8 + 1;
 constexpr size_t kSyncVerdictMax = kSyncDoneSize + 4 + 8 * size_t(kMaxWorld);
+// topology optimization
+constexpr size_t kTopoReportMax = 8 + 8 + 1 + 4 + size_t(kMaxTopoWorld) * 24;
+constexpr size_t kTopoResultMax =
+    8 + 8 + 1 + 4 + size_t(kMaxTopoWorld) * 16 + size_t(kMaxTopoWorld) * kMaxTopoWorld * 16;
 
 bool valid_itemsize(uint8_t k) {
   return k == 1 || k == 2 || k == 4 || k == 8 || k == 16 || k == 32;
@@ -102,6 +106,111 @@ pyhpc_status bad(const char* type, const char* what) {
   return PYHPC_FAIL(PYHPC_ERR_PROTOCOL, "malformed %s message: %s", type, what);
 }
 
+// ---- topology optimization ----
+bool unique_nonzero(std::vector<uint64_t> ids) {
+  std::sort(ids.begin(), ids.end());
+  return (ids.empty() || ids[0] != 0) && std::adjacent_find(ids.begin(), ids.end()) == ids.end();
+}
+
+pyhpc_status decode_topo(MsgType t, Reader& r, Message& m) {
+  const char* tn = type_name(t);
+  if (!r.uint(&m.epoch) || !r.uint(&m.seq) || !r.uint(&m.vote)) return bad(tn, "truncated");
+  if (m.epoch == 0 || m.seq == 0) return bad(tn, "epoch or sequence number 0");
+  if (t == MsgType::kTopoResult && m.vote == uint8_t(TopoOutcome::kAbort)) {
+    uint32_t n_dead = 0;
+    if (!r.uint(&n_dead)) return bad(tn, "truncated");
+    if (n_dead > kMaxWorld) return bad(tn, "dead count too large");
+    if (size_t(n_dead) * 8 != r.left()) return bad(tn, "dead list length differs from its count");
+    m.dead.resize(n_dead);
+    for (auto& id : m.dead) {
+      r.uint(&id);
+      if (id == 0) return bad(tn, "peer id 0");
+    }
+    return PYHPC_OK;
+  }
+  if (t == MsgType::kTopoResult && m.vote != uint8_t(TopoOutcome::kOrder))
+    return bad(tn, "unknown outcome");
+  if (t == MsgType::kTopoReport && m.vote > 1) return bad(tn, "ok is neither 0 nor 1");
+  uint32_t n = 0;
+  if (!r.uint(&n)) return bad(tn, "truncated");
+  if (n > kMaxTopoWorld) return bad(tn, "too many peers");
+  size_t want = t == MsgType::kTopoReport ? size_t(n) * 24 : size_t(n) * 16 + size_t(n) * n * 16;
+  if (want != r.left()) return bad(tn, "length differs from the peer count");
+  if (t == MsgType::kTopoReport) {
+    if (m.vote == 0 && n != 0) return bad(tn, "measurements in a give-up");
+    m.ids.resize(n);
+    m.bandwidth.resize(n);
+    m.latency_ns.resize(n);
+    for (uint32_t i = 0; i < n; ++i) {
+      r.uint(&m.ids[i]);
+      r.uint(&m.bandwidth[i]);
+      r.uint(&m.latency_ns[i]);
+      if (m.bandwidth[i] == 0 || m.latency_ns[i] == 0) return bad(tn, "a measurement of 0");
+    }
+    if (!unique_nonzero(m.ids)) return bad(tn, "peer id 0 or a duplicate id");
+    return PYHPC_OK;
+  }
+  if (n == 0) return bad(tn, "no peers");
+  m.ids.resize(n);
+  m.order.resize(n);
+  m.bandwidth.resize(size_t(n) * n);
+  m.latency_ns.resize(size_t(n) * n);
+  for (auto& id : m.ids) r.uint(&id);
+  for (auto& id : m.order) r.uint(&id);
+  for (auto& v : m.bandwidth) r.uint(&v);
+  for (auto& v : m.latency_ns) r.uint(&v);
+  if (!unique_nonzero(m.ids)) return bad(tn, "peer id 0 or a duplicate id");
+  std::vector<uint64_t> a = m.ids, b = m.order;
+  std::sort(a.begin(), a.end());
+  std::sort(b.begin(), b.end());
+  if (a != b) return bad(tn, "the order is not a permutation of the ids");
+  for (uint32_t i = 0; i < n; ++i)
+    for (uint32_t j = 0; j < n; ++j) {
+      bool zero = m.bandwidth[size_t(i) * n + j] == 0 || m.latency_ns[size_t(i) * n + j] == 0;
+      bool diag_set = m.bandwidth[size_t(i) * n + j] != 0 || m.latency_ns[size_t(i) * n + j] != 0;
+      if (i == j ? diag_set : zero) return bad(tn, "a matrix entry out of range");
+    }
+  return PYHPC_OK;
+}
+
+pyhpc_status encode_topo(const Message& m, Writer& w) {
+  auto too_long = [](const char* what) {
+    return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "cannot encode: %s too long", what);
+  };
+  w.uint(m.epoch);
+  w.uint(m.seq);
+  w.uint(m.vote);
+  if (m.type == MsgType::kTopoResult && m.vote == uint8_t(TopoOutcome::kAbort)) {
+    if (m.dead.size() > kMaxWorld) return too_long("dead list");
+    w.uint(uint32_t(m.dead.size()));
+    for (uint64_t id : m.dead) w.uint(id);
+    return PYHPC_OK;
+  }
+  size_t n = m.ids.size();
+  if (n > kMaxTopoWorld) return too_long("peer list");
+  size_t per = m.type == MsgType::kTopoReport ? n : n * n;
+  if (m.bandwidth.size() != per || m.latency_ns.size() != per ||
+      (m.type == MsgType::kTopoResult && m.order.size() != n))
+    return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT,
+                      "cannot encode %s: measurement lists of the wrong length",
+                      type_name(m.type));
+  w.uint(uint32_t(n));
+  if (m.type == MsgType::kTopoReport) {
+    for (size_t i = 0; i < n; ++i) {
+      w.uint(m.ids[i]);
+      w.uint(m.bandwidth[i]);
+      w.uint(m.latency_ns[i]);
+    }
+    return PYHPC_OK;
+  }
+  for (uint64_t id : m.ids) w.uint(id);
+  for (uint64_t id : m.order) w.uint(id);
+  for (uint64_t v : m.bandwidth) w.uint(v);
+  for (uint64_t v : m.latency_ns) w.uint(v);
+  return PYHPC_OK;
+}
+// ---- end topology optimization ----
+
 }  // namespace
 
 const char* type_name(MsgType t) {
@@ -121,13 +230,16 @@ const char* type_name(MsgType t) {
     case MsgType::kSyncPlan: return "SYNC_PLAN";
     case MsgType::kSyncDone: return "SYNC_DONE";
     case MsgType::kSyncVerdict: return "SYNC_VERDICT";
+    case MsgType::kTopoReport: return "TOPO_REPORT";  // topology optimization
+    case MsgType::kTopoResult: return "TOPO_RESULT";
   }
   return "UNKNOWN";
 }
 
 bool is_control_type(uint16_t type) {
   return (type >= kMinType && type <= uint16_t(MsgType::kLeave)) ||
-         (type >= uint16_t(MsgType::kVote) && type <= uint16_t(MsgType::kSyncVerdict));
+         (type >= uint16_t(MsgType::kVote) && type <= uint16_t(MsgType::kSyncVerdict)) ||
+         type == uint16_t(MsgType::kTopoReport) || type == uint16_t(MsgType::kTopoResult);
 }
 
 size_t max_payload(uint16_t type) {
@@ -147,11 +259,15 @@ size_t max_payload(uint16_t type) {
     case MsgType::kSyncPlan: return kSyncPlanMax;
     case MsgType::kSyncDone: return kSyncDoneSize;
     case MsgType::kSyncVerdict: return kSyncVerdictMax;
+    case MsgType::kTopoReport: return kTopoReportMax;  // topology optimization
+    case MsgType::kTopoResult: return kTopoResultMax;
   }
   return 0;
 }
 
-size_t max_frame() { return kHeaderSize + std::max(kTopologyMax, kSyncReportMax); }
+size_t max_frame() {
+  return kHeaderSize + std::max({kTopologyMax, kSyncReportMax, kTopoResultMax});
+}
 
 pyhpc_status decode_header(const uint8_t* p, size_t n, uint16_t version, Header* out) {
   Reader r(p, n);
@@ -350,6 +466,10 @@ pyhpc_status decode_payload(const Header& h, const uint8_t* p, size_t n, Message
       }
       break;
     }
+    case MsgType::kTopoReport:  // topology optimization
+    case MsgType::kTopoResult:
+      PYHPC_CHECK(decode_topo(t, r, m));
+      break;
   }
   if (r.left() != 0) return bad(tn, "trailing bytes");
   *out = std::move(m);
@@ -476,6 +596,10 @@ pyhpc_status encode(const Message& m, std::vector<uint8_t>* out, uint16_t versio
         w.uint(uint32_t(m.dead.size()));
         for (uint64_t id : m.dead) w.uint(id);
       }
+      break;
+    case MsgType::kTopoReport:  // topology optimization
+    case MsgType::kTopoResult:
+      PYHPC_CHECK(encode_topo(m, w));
       break;
     default:
       return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "cannot encode message type %u",

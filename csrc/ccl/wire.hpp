@@ -49,8 +49,24 @@
 //   SYNC_VERDICT   master->peer  u64 epoch u64 seq u8 verdict (Verdict: COMMIT or ABORT)
 //                                u32 n_dead u64 dead[n_dead] (ABORT only)
 //
-// Types 10..14 and 21..22 belong to the data plane (ring.hpp, state.cpp); the
-// control decoder refuses them.
+// ---- topology optimization (protocol version 5; topology.hpp) ----
+//   TOPO_REPORT    peer->master  u64 epoch u64 seq u8 ok u32 n
+//                                n x {u64 id u64 bandwidth u64 latency_ns}
+//                  one optimize_topology call (epoch, seq): what this peer measured to
+//                  each other member (bandwidth: bytes/s this peer sent to it; latency:
+//                  median ping-pong round trip / 2), ids unique and non-zero, values > 0;
+//                  ok 0 (with n 0): this peer gave up and the round aborts
+//   TOPO_RESULT    master->peer  u64 epoch u64 seq u8 outcome (TopoOutcome)
+//                  ORDER: u32 n  u64 ids[n] (the epoch's members, rank order)
+//                         u64 order[n] (a permutation of ids: the new ring order)
+//                         u64 bandwidth[n*n] u64 latency_ns[n*n] (row i, column j: what
+//                         ids[i] measured to ids[j]; the diagonal 0, the rest > 0)
+//                  ABORT: u32 n_dead u64 dead[n_dead]
+//                  n <= kMaxTopoWorld
+// ---- end topology optimization ----
+//
+// Types 10..14, 21..22 and 25..26 belong to the data plane (ring.hpp, state.cpp,
+// topology.cpp); the control decoder refuses them.
 //
 // The decoder checks the header first (magic, version, known type, length cap)
 // so a reader can refuse a frame before buffering its payload, then the payload
@@ -69,8 +85,9 @@ namespace pyhpc::ccl {
 
 constexpr uint32_t kMagic = 0x4C434350u;
 // 2: VOTE/VERDICT (commit round); 3: quantize in OP descriptors; 4: shared-state sync
-// (SYNC_* frames, STATE_* data frames, a channel kind in DATA_HELLO)
-constexpr uint16_t kProtocolVersion = 4;
+// (SYNC_* frames, STATE_* data frames, a channel kind in DATA_HELLO); 5: topology
+// optimization (TOPO_* frames, PROBE_* data frames, channel kind "probe")
+constexpr uint16_t kProtocolVersion = 5;
 constexpr size_t kHeaderSize = 12;
 constexpr size_t kNonceSize = 32;
 constexpr size_t kMaxHost = 255;
@@ -81,6 +98,7 @@ constexpr size_t kMaxStateName = 255;
 constexpr size_t kMaxDtypeName = 16;
 constexpr uint32_t kMaxStateDims = 64;
 constexpr uint64_t kMaxStateBytes = uint64_t(1) << 48;
+constexpr uint32_t kMaxTopoWorld = 256;  // topology optimization: TOPO_RESULT holds n*n values
 
 enum class MsgType : uint16_t {
   kChallenge = 1,
@@ -98,16 +116,21 @@ enum class MsgType : uint16_t {
   kSyncPlan = 18,
   kSyncDone = 19,
   kSyncVerdict = 20,
+  // topology optimization
+  kTopoReport = 23,
+  kTopoResult = 24,
 };
 constexpr uint16_t kMinType = 1;
-constexpr uint16_t kMaxType = 20;
-// A control-plane type (1..9, 15..20).
+constexpr uint16_t kMaxType = 24;
+// A control-plane type (1..9, 15..20, 23..24).
 bool is_control_type(uint16_t type);
 
 enum class Vote : uint8_t { kNo = 0, kYes = 1, kQuery = 2 };
 enum class Verdict : uint8_t { kCommit = 1, kAbort = 2, kContinue = 3 };
 
 enum class SyncOutcome : uint8_t { kPlan = 1, kMismatch = 2 };
+
+enum class TopoOutcome : uint8_t { kOrder = 1, kAbort = 2 };  // topology optimization
 
 enum class FailReason : uint16_t { kClosed = 1, kTimeout = 2, kProtocol = 3 };
 
@@ -159,6 +182,10 @@ struct Message {
   uint64_t revision = 0;            // SYNC_REPORT, SYNC_PLAN (the winner's)
   std::vector<StateEntry> tensors;  // SYNC_REPORT
   std::vector<StateFetch> fetch;    // SYNC_PLAN (PLAN); its text: MISMATCH
+  // topology optimization. TOPO_REPORT: ids, bandwidth, latency_ns (one per id), vote = ok;
+  // TOPO_RESULT: vote = TopoOutcome; ORDER: ids, order, bandwidth, latency_ns (n*n);
+  // ABORT: dead
+  std::vector<uint64_t> ids, order, bandwidth, latency_ns;
 };
 
 struct Header {

@@ -12,6 +12,7 @@
 #include "ccl/peer.hpp"
 #include "ccl/ring.hpp"
 #include "ccl/sha256.hpp"
+#include "ccl/topology.hpp"
 #include "ccl/wire.hpp"
 #include "ccl/xxhash.hpp"
 #include "common/status.hpp"
@@ -134,6 +135,22 @@ py::dict message_dict(const Message& m, uint16_t version) {
       d[m.type == MsgType::kSyncDone ? "ok" : "verdict"] = m.vote;
       if (m.type == MsgType::kSyncVerdict) d["dead"] = m.dead;
       break;
+    // ---- topology optimization ----
+    case MsgType::kTopoReport:
+    case MsgType::kTopoResult:
+      d["epoch"] = m.epoch;
+      d["seq"] = m.seq;
+      d[m.type == MsgType::kTopoReport ? "ok" : "outcome"] = m.vote;
+      if (m.type == MsgType::kTopoResult && m.vote == uint8_t(TopoOutcome::kAbort)) {
+        d["dead"] = m.dead;
+        break;
+      }
+      d["ids"] = m.ids;
+      if (m.type == MsgType::kTopoResult) d["order"] = m.order;
+      d["bandwidth"] = m.bandwidth;
+      d["latency_ns"] = m.latency_ns;
+      break;
+    // ---- end topology optimization ----
     case MsgType::kVote:
     case MsgType::kVerdict:
       d["epoch"] = m.epoch;
@@ -162,6 +179,8 @@ Message message_from_dict(const py::dict& d) {
   const char* vote_key = m.type == MsgType::kVerdict || m.type == MsgType::kSyncVerdict ? "verdict"
                          : m.type == MsgType::kSyncPlan                                 ? "outcome"
                          : m.type == MsgType::kSyncDone                                 ? "ok"
+                         : m.type == MsgType::kTopoReport                               ? "ok"
+                         : m.type == MsgType::kTopoResult                               ? "outcome"
                                                                                         : "vote";
   m.vote = get<uint8_t>(d, vote_key, 0);
   m.revision = get<uint64_t>(d, "revision", 0);
@@ -177,6 +196,11 @@ Message message_from_dict(const py::dict& d) {
       auto t = item.cast<std::tuple<uint32_t, uint64_t, uint64_t>>();
       m.fetch.push_back({std::get<0>(t), std::get<1>(t), std::get<2>(t)});
     }
+  // topology optimization
+  m.ids = get<std::vector<uint64_t>>(d, "ids", {});
+  m.order = get<std::vector<uint64_t>>(d, "order", {});
+  m.bandwidth = get<std::vector<uint64_t>>(d, "bandwidth", {});
+  m.latency_ns = get<std::vector<uint64_t>>(d, "latency_ns", {});
   m.dead = get<std::vector<uint64_t>>(d, "dead", {});
   m.left = get<std::vector<uint64_t>>(d, "left", {});
   if (d.contains("peers"))
@@ -254,6 +278,42 @@ PYBIND11_MODULE(_ccl, m) {
      "Encode a message dict (as decode returns) into one frame.");
   m.def("max_payload", &max_payload, py::arg("type"));
 
+  // ---- topology optimization ----
+  m.attr("MAX_TOPO_WORLD") = kMaxTopoWorld;
+  m.attr("EXACT_RING_MAX") = kExactRingMax;
+  m.def("best_ring",
+        [](const std::vector<std::vector<double>>& bandwidth,
+           const std::vector<std::vector<double>>& latency) {
+          size_t n = bandwidth.size();
+          if (latency.size() != n || n > kMaxTopoWorld)
+            pyhpc::raise_status(PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT,
+                                           "best_ring: bandwidth and latency must be n x n with "
+                                           "n <= %u",
+                                           unsigned(kMaxTopoWorld)));
+          std::vector<double> bw, lat;
+          for (size_t i = 0; i < n; ++i) {
+            if (bandwidth[i].size() != n || latency[i].size() != n)
+              pyhpc::raise_status(PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT,
+                                             "best_ring: bandwidth and latency must be n x n"));
+            bw.insert(bw.end(), bandwidth[i].begin(), bandwidth[i].end());
+            lat.insert(lat.end(), latency[i].begin(), latency[i].end());
+          }
+          for (size_t i = 0; i < n; ++i)
+            for (size_t j = 0; j < i; ++j)
+              if (bw[i * n + j] != bw[j * n + i] || lat[i * n + j] != lat[j * n + i])
+                pyhpc::raise_status(PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT,
+                                               "best_ring: bandwidth and latency must be "
+                                               "symmetric (link values)"));
+          py::gil_scoped_release release;
+          return best_ring(n, bw, lat);
+        },
+        py::arg("bandwidth"), py::arg("latency"),
+        "The ring order (node indices from 0) maximising the slowest link, then the lowest "
+        "total latency (csrc/ccl/topology.hpp).");
+  m.def("round_robin", &round_robin, py::arg("n"),
+        "The measurement rounds of optimize_topology over ranks 0..n-1 (pairs, lower first).");
+  // ---- end topology optimization ----
+
   py::class_<Master>(m, "Master")
       .def(py::init([](const std::string& host, uint16_t port, py::bytes secret,
                        double heartbeat_timeout, double handshake_timeout, size_t max_clients) {
@@ -292,6 +352,8 @@ PYBIND11_MODULE(_ccl, m) {
         d["sync_commits"] = s.sync_commits;
         d["sync_aborts"] = s.sync_aborts;
         d["sync_mismatches"] = s.sync_mismatches;
+        d["topo_orders"] = s.topo_orders;  // topology optimization
+        d["topo_aborts"] = s.topo_aborts;
         return d;
       });
 
@@ -440,5 +502,38 @@ PYBIND11_MODULE(_ccl, m) {
              return py::object(py::make_tuple(failed, std::string(), d));
            },
            py::arg("peer"), py::arg("tensors"), py::arg("revision"), py::arg("timeout"),
-           py::arg("test_serve_delay") = 0.0);
+           py::arg("test_serve_delay") = 0.0)
+      // ---- topology optimization ----
+      // Returns ([], "", result dict) on success, (failed peer ids, message, None) on a
+      // peer failure; raises for anything else.
+      .def("probe_topology",
+           [](DataPlane& self, Peer& peer, uint64_t probe_bytes, double timeout,
+              int test_exit_in_round) {
+             ProbeArgs a;
+             a.probe_bytes = probe_bytes;
+             a.timeout_s = timeout;
+             a.test_exit_in_round = test_exit_in_round;
+             ProbeResult r;
+             std::vector<uint64_t> failed;
+             pyhpc_status s;
+             {
+               py::gil_scoped_release release;
+               s = self.probe_topology(peer, a, &r, &failed);
+             }
+             if (s == PYHPC_ERR_PEER && !failed.empty()) {
+               std::string why = pyhpc::last_error();
+               pyhpc::clear_last_error();
+               return py::object(py::make_tuple(failed, why, py::none()));
+             }
+             pyhpc::check(s);
+             py::dict d;
+             d["ids"] = r.ids;
+             d["order"] = r.order;
+             d["bandwidth"] = r.bandwidth;
+             d["latency_ns"] = r.latency_ns;
+             return py::object(py::make_tuple(failed, std::string(), d));
+           },
+           py::arg("peer"), py::arg("probe_bytes"), py::arg("timeout"),
+           py::arg("test_exit_in_round") = -1);
+      // ---- end topology optimization ----
 }
