@@ -1,6 +1,8 @@
 #include "interpose/state.hpp"
 
 #include "datatype/engine.hpp"
+#include "datatype/measure.hpp"
+#include "datatype/pack_host.hpp"
 #include "interpose/device_ptr.hpp"
 
 #include <atomic>
@@ -190,11 +192,13 @@ void load_model() {
   }
 }
 
-bool engine_wins(const char* op, int64_t block) {
+bool engine_wins(const char* op, int64_t block, bool sparse) {
   const Settings& s = settings();
   if (!s.enabled || s.strategy == Strategy::kSystem) return false;
   if (s.strategy == Strategy::kPyhpc) return true;
-  auto it = g_model.find(op);
+  auto it = g_model.end();
+  if (sparse && block < datatype::kSparseStride) it = g_model.find(std::string(op) + "-sparse");
+  if (it == g_model.end()) it = g_model.find(op);
   if (it == g_model.end() || it->second.empty()) return false;
   // The measured block size nearest below (or the smallest measured).
   auto at = it->second.upper_bound(block);
@@ -212,7 +216,7 @@ bool engine_layout(const char* op, const void* strided, const void* packed, int6
     clear_last_error();
     return false;
   }
-  return engine_wins(op, layout->block);
+  return engine_wins(op, layout->block, !datatype::host_vector_path(*layout));
 }
 
 }  // namespace pyhpc::interpose

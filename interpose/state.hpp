@@ -48,8 +48,9 @@ std::shared_ptr<const datatype::Canonical> find_type(MPI_Datatype type);
 // Host buffers: should pyhpc's engine do `op` ("pack", "unpack") for runs of
 // `block` bytes? By PYHPC_INTERPOSE_STRATEGY, else by the system model file
 // written by `pyhpc measure-system`, else no (the system MPI is never beaten
-// by a guess).
-bool engine_wins(const char* op, int64_t block);
+// by a guess). `sparse`: the runs are too far apart for the engine's vector
+// path; short runs are then judged by the model's "<op>-sparse" lines.
+bool engine_wins(const char* op, int64_t block, bool sparse = false);
 
 // Loads the model file if configured (called from MPI_Init*).
 void load_model();

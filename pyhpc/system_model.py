@@ -1,8 +1,11 @@
 """`pyhpc measure-system`: the one-time measurement the interposer decides by.
 
 For each block size it times the system MPI's MPI_Pack/MPI_Unpack and pyhpc's
-engine on the same byte vector, in C++ (pyhpc._mpi.measure_pack), and writes
-one line per (operation, block size) to a text file. With
+engine on the same byte vector, in C++ (pyhpc._mpi.measure_pack): runs every
+2 x block bytes ("pack", "unpack"), and for blocks under 64 B also runs 64 B
+apart ("pack-sparse", "unpack-sparse": the engine's vector path serves only
+runs close together, and the interposer judges a layout without it by these).
+It writes one line per (operation, block size) to a text file. With
 PYHPC_INTERPOSE_STRATEGY=auto (the default) the interposer serves a host
 buffer with pyhpc's engine only where this file says it is faster for that
 block size, and ignores a file measured under another MPI library.
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from . import settings
 
-BLOCKS_QUICK = [1, 2, 4, 8, 16, 64, 256, 1024, 4096, 65536]
+BLOCKS_QUICK = [1, 2, 4, 8, 16, 32, 64, 256, 1024, 4096, 65536]
 BLOCKS_FULL = [1 << k for k in range(0, 21)]
 
 

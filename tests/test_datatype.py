@@ -38,6 +38,22 @@ def types():
     made.free()
 
 
+@pytest.fixture(params=["vector", "scalar"])
+def host_path(request):
+    """Runs a test on the host engine's vector path (where the CPU has one)
+    and on its portable scalar loops; the packed bytes must not differ."""
+    from pyhpc import _mpi
+
+    before = _mpi.host_simd() != "scalar"
+    if request.param == "vector" and _mpi.host_simd(True) == "scalar":
+        _mpi.host_simd(before)
+        pytest.skip("this CPU has no vector path for the host engine (AVX-512 VBMI)")
+    if request.param == "scalar":
+        _mpi.host_simd(False)
+    yield request.param
+    _mpi.host_simd(before)
+
+
 def mpi_pack(t, buf, count):
     # mpi4py's Datatype.Pack takes count = len(inbuf) // extent: hand it a view
     # of count extents (the data may reach past it, into the rest of buf).
@@ -295,7 +311,7 @@ def nested_type(draw, types: Types, depth: int = 3):
     return types.keep(old.Dup())
 
 
-def test_random_nested_types_pack_like_mpi():
+def test_random_nested_types_pack_like_mpi(host_path):
     seen = {"supported": 0, "unsupported": 0}
 
     @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -350,6 +366,47 @@ def test_open_mpi_5_resized_double_complex_bug_is_not_copied(types):
 def test_large_vectors_pack_like_mpi(types, block, count):
     t = types.keep(MPI.BYTE.Create_vector(count, block, block + 3).Commit())
     check_against_mpi(t, 1, np.random.default_rng(block))
+
+
+# ---- the host engine's vector and scalar paths -----------------------------------
+
+def check_gaps_kept(t, count, rng):
+    """Packs like MPI_Pack, and unpacks like MPI_Unpack into a buffer full of
+    other bytes: the gaps between runs keep their bytes (no read-modify-write
+    of bytes outside the type)."""
+    extent = t.Get_extent()[1]
+    buf = rng.integers(0, 256, size=max(count * extent, 1), dtype=np.uint8)
+    theirs = mpi_pack(t, buf, count)
+    assert dt.pack(buf, t, count).tobytes() == theirs.tobytes(), (describe_type(t), count)
+    background = rng.integers(0, 256, size=buf.size, dtype=np.uint8)
+    mine, reference = background.copy(), background.copy()
+    dt.unpack(theirs, mine, t, count)
+    t.Unpack(theirs, 0, reference[:count * extent], MPI.COMM_SELF)
+    assert mine.tobytes() == reference.tobytes(), (describe_type(t), count)
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 4, 5, 7, 8, 12, 16, 17, 31, 32, 33, 63, 64, 65, 100, 256, 1000])
+def test_vectors_of_every_block_and_stride_pack_like_mpi(types, host_path, block):
+    # Strides from touching runs to past one 64-byte window, counts across
+    # whole windows and partial last ones, the data at odd offsets.
+    rng = np.random.default_rng(block)
+    for gap in sorted({0, 1, 2, block, 3 * block, 64 - block if block < 64 else 5, 70}):
+        for count in (1, 2, 5, 31, 64, 65, 200):
+            v = types.keep(MPI.BYTE.Create_vector(count, block, block + gap))
+            t = types.keep(v.Create_resized(0, v.Get_extent()[1] + 3).Commit())
+            check_gaps_kept(t, 3, rng)
+
+
+def test_short_rows_inside_outer_loops_pack_like_mpi(types, host_path):
+    # Nested hvectors whose innermost rows hold fewer runs than one window.
+    rng = np.random.default_rng(7)
+    for inner_count, outer_stride in ((3, 64), (8, 64), (8, 33), (20, 200)):
+        inner = types.keep(MPI.SHORT.Create_vector(inner_count, 1, 2))
+        mid = types.keep(inner.Create_hvector(5, 1, outer_stride))
+        t = types.keep(mid.Create_hvector(3, 1, 5 * outer_stride + 16).Commit())
+        check_gaps_kept(t, 2, rng)
+    sub = types.keep(MPI.FLOAT.Create_subarray([6, 7, 9], [3, 4, 5], [1, 2, 3]).Commit())
+    check_gaps_kept(sub, 2, rng)
 
 
 # ---- across ranks ------------------------------------------------------------------------

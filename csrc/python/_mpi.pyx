@@ -61,6 +61,10 @@ cdef extern from "datatype/engine.hpp":
         const Canonical& type, int64_t count, const char* packed, int64_t packed_len,
         char* buf, int64_t buf_len) nogil
 
+cdef extern from "datatype/pack_host.hpp":
+    const char* c_host_simd "pyhpc::datatype::host_simd" () nogil
+    cbool c_set_host_simd "pyhpc::datatype::set_host_simd" (cbool enabled) nogil
+
 
 cdef extern from "datatype/measure.hpp" namespace "pyhpc::datatype":
     cdef cppclass PackTiming:
@@ -156,6 +160,14 @@ def unpack(Datatype datatype not None, int64_t count, const unsigned char[::1] p
     with nogil:
         s = c_unpack(c, count, src, packed.shape[0], dst, buf.shape[0])
     check(s)
+
+
+def host_simd(enabled=None):
+    """The host engine's vector path ("avx512-vbmi" or "scalar"); with enabled
+    given, first turns it on (where the CPU has it) or off. For tests and benchmarks."""
+    if enabled is not None:
+        c_set_host_simd(bool(enabled))
+    return c_host_simd().decode()
 
 
 def measure_pack(blocks, int64_t total, int reps):
