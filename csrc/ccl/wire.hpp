@@ -50,7 +50,9 @@
 namespace pyhpc::ccl {
 
 constexpr uint32_t kMagic = 0x4C434350u;
-constexpr uint16_t kProtocolVersion = 3;  // 2: VOTE/VERDICT (commit round); 3: quantize in OP descriptors
+// 2: VOTE/VERDICT (commit round); 3: quantize in OP descriptors; 4: stream
+// index and count in DATA_HELLO, zeropoint_uint8.
+constexpr uint16_t kProtocolVersion = 4;
 constexpr size_t kHeaderSize = 12;
 constexpr size_t kNonceSize = 32;
 constexpr size_t kMaxHost = 255;
