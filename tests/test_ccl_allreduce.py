@@ -54,8 +54,8 @@ import numpy as np
 from pyhpc.ccl import Communicator, PeerFailure
 sys.path.insert(0, sys.argv[4])
 from test_ccl_allreduce import make_input
-addr, secret, hb = sys.argv[1], sys.argv[2], float(sys.argv[3])
-c = Communicator(addr, secret=secret, heartbeat_interval=hb).connect()
+addr, secret, hb, conns = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[5])
+c = Communicator(addr, secret=secret, heartbeat_interval=hb, connections=conns).connect()
 def out(**kw):
     print(json.dumps(kw), flush=True)
 out(event="connected", id=c.id)
@@ -76,9 +76,12 @@ for line in sys.stdin:
                 dead=u.dead)
         elif cmd[0] == "ar":
             spec = json.loads(cmd[1])
-            a = make_input(c.id, spec["dtype"], spec["size"], spec["seed"], spec["kind"])
+            a = make_input(c.rank if spec.get("by_rank") else c.id, spec["dtype"], spec["size"],
+                           spec["seed"], spec["kind"])
             if spec.get("size_override") is not None:
                 a = a[:spec["size_override"]].copy()
+            if spec.get("zero"):
+                a[:] = 0
             if spec.get("nan") and a.size:
                 a[a.size // 2] = np.nan
             orig = a.copy()
@@ -89,7 +92,8 @@ for line in sys.stdin:
                                  timeout=spec.get("timeout", 20),
                                  _chunk_bytes=spec.get("chunk", 1 << 19),
                                  _chunk_delay=spec.get("delay", 0.0),
-                                 _exit_at=spec.get("exit_at"), quantize=spec.get("quantize"))
+                                 _exit_at=spec.get("exit_at"), quantize=spec.get("quantize"),
+                                 _send_thread_bytes=spec.get("send_thread", 16 << 20))
             except PeerFailure as e:
                 out(event="peer_failure", ids=e.peer_ids, msg=str(e), t=time.time() - t0,
                     restored=bool(a.tobytes() == orig.tobytes()),
@@ -110,13 +114,13 @@ for line in sys.stdin:
 
 
 class ARPeer(PeerProc):
-    def __init__(self, address, cwd, heartbeat=0.05):
+    def __init__(self, address, cwd, heartbeat=0.05, connections=1):
         import subprocess
         import sys
         import queue
         self.proc = subprocess.Popen(
             [sys.executable, "-c", ALLREDUCE_DRIVER, address, SECRET, str(heartbeat),
-             os.path.dirname(os.path.abspath(__file__))],
+             os.path.dirname(os.path.abspath(__file__)), str(connections)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             cwd=cwd)
         self.lines = queue.Queue()
@@ -128,11 +132,18 @@ class ARPeer(PeerProc):
 
 @pytest.fixture
 def ring(tmp_path):
-    """ring(n) -> (master, peers in rank order)."""
+    """ring(n, connections=1) -> (master, peers in rank order); ``connections``: one
+    count for every peer or a list, one per peer (in the order they start)."""
     masters, procs = [], []
 
-    def start(n, heartbeat_timeout=2.0):
-        master, peers, ups = start_world(masters, procs, ARPeer, tmp_path, n, heartbeat_timeout, recv_timeout=20)
+    def start(n, heartbeat_timeout=2.0, connections=1):
+        counts = iter(connections if isinstance(connections, list) else [connections] * n)
+
+        def make(address, cwd):
+            return ARPeer(address, cwd, connections=next(counts))
+
+        master, peers, ups = start_world(masters, procs, make, tmp_path, n, heartbeat_timeout,
+                                         recv_timeout=20)
         for p, u in zip(peers, ups):
             p.rank, p.port = u["rank"], u["port"]
         return master, sorted(peers, key=lambda p: p.rank)
@@ -411,18 +422,36 @@ def _frame(type_code: int, payload: bytes) -> bytes:
     return struct.pack("<IHHI", _ccl.MAGIC, _ccl.PROTOCOL_VERSION, type_code, len(payload)) + payload
 
 
-def test_stranger_refused_at_a_data_port(ring, tmp_path):
-    master, peers = ring(2)
-    # A wrong MAC: the peer closes the connection without answering DATA_OK.
-    with socket.create_connection(("127.0.0.1", peers[0].port), timeout=5) as s:
+def _hello(port: int, secret: bytes, ids: bytes) -> bytes:
+    """Dial a data port, answer its challenge with a DATA_HELLO for `ids` (from_id epoch tag
+    kind stream streams) under `secret`; returns what the peer sends back before closing."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         hdr = s.recv(12, socket.MSG_WAITALL)
         magic, _, typ, length = struct.unpack("<IHHI", hdr)
         assert magic == _ccl.MAGIC and typ == 10 and length == 32
         nonce = s.recv(32, socket.MSG_WAITALL)
-        ids = struct.pack("<QQIB", peers[1].id, 1, 0, 0)  # from, epoch, tag, kind (ring)
-        mac = _ccl.hmac_sha256(b"wrong-secret", b"pccl-data" + nonce + b"\0" * 32 + ids)
+        mac = _ccl.hmac_sha256(secret, b"pccl-data" + nonce + b"\0" * 32 + ids)
         s.sendall(_frame(11, b"\0" * 32 + mac + ids))
-        assert s.recv(100) == b""  # closed, no DATA_OK
+        return s.recv(100)
+
+
+def test_stranger_refused_at_a_data_port(ring, tmp_path):
+    master, peers = ring(2)
+    # A wrong MAC: the peer closes the connection without answering DATA_OK.
+    ids = struct.pack("<QQIBII", peers[1].id, 1, 0, 0, 0, 1)
+    assert _hello(peers[0].port, b"wrong-secret", ids) == b""
+    # The right secret but a stream the hello's own count rules out (or no streams, or
+    # more than 16): refused alike. The control (stream 0 of 1, a tag no op uses) gets DATA_OK.
+    key = SECRET.encode()
+    for stream, streams in ((2, 2), (0, 0), (0, 17)):
+        ids = struct.pack("<QQIBII", peers[1].id, 1, 77, 0, stream, streams)
+        assert _hello(peers[0].port, key, ids) == b"", (stream, streams)
+    # An unknown channel kind, and several streams on a kind that has one (a state fetch).
+    for kind, streams in ((3, 1), (1, 2)):
+        ids = struct.pack("<QQIBII", peers[1].id, 1, 77, kind, 0, streams)
+        assert _hello(peers[0].port, key, ids) == b"", (kind, streams)
+    ok = _hello(peers[0].port, key, struct.pack("<QQIBII", peers[1].id, 1, 77, 0, 0, 1))
+    assert struct.unpack("<IHHI", ok[:12])[2] == 12 and len(ok) == 12 + 32
     # Garbage and an oversized frame are dropped too.
     for junk in (b"GET / HTTP/1.0\r\n\r\n" * 4, _frame(14, b"") [:8] + struct.pack("<I", 2**31)):
         with socket.create_connection(("127.0.0.1", peers[1].port), timeout=5) as s:

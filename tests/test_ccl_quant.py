@@ -1,8 +1,9 @@
-"""pyhpc.ccl quantized all-reduce (quantize="minmax_uint8") with real peer
-processes on 127.0.0.1: bit-identical results on every peer, error within the
-bound the scheme guarantees, constant arrays exact, empty arrays, the exact
-number of bytes sent (about 1/4 of float32), a mismatched setting or a NaN
-input raising on every peer, and kill -9 mid-operation (abort, restore, retry).
+"""pyhpc.ccl quantized all-reduce (quantize="minmax_uint8" and "zeropoint_uint8")
+with real peer processes on 127.0.0.1: bit-identical results on every peer,
+error within the bound the scheme guarantees, constant arrays exact (minmax;
+zeros for zeropoint), empty arrays, the exact number of bytes sent (about 1/4
+of float32), a mismatched setting or a NaN input raising on every peer, and
+kill -9 mid-operation (abort, restore, retry).
 Uses the peer harness of test_ccl_allreduce.py.
 """
 
@@ -21,7 +22,8 @@ from test_ccl_allreduce import BF16, Runner, make_input, ring  # noqa: F401 - th
 pytestmark = pytest.mark.timeout(90)
 
 FRAME_OVERHEAD = 12 + 24  # frame header + DATA sub-header
-QPARAMS = 8  # f32 min, f32 scale per quantized chunk
+QPARAMS = 8  # per quantized chunk: f32 min, f32 scale / f32 scale, u32 zero point
+SCHEMES = ["minmax_uint8", "zeropoint_uint8"]
 
 
 def seg_bounds(count: int, n: int, k: int) -> tuple[int, int]:
@@ -46,15 +48,16 @@ def expected_bytes(count: int, n: int, rank: int, chunk_bytes: int, quant: bool,
     return frames * FRAME_OVERHEAD + elems * wsize
 
 
-def error_bound(inputs: list[np.ndarray]) -> np.ndarray:
+def error_bound(inputs: list[np.ndarray], scheme: str = "minmax_uint8") -> np.ndarray:
     """Per-element bound on |quantized all-reduce sum - exact sum| (inputs in ring
     rank order). Segment k is reduced peer k, k+1, ... and quantized n times: after
     each of the n-1 hops of the reduce-scatter and once for the all-gather. A
     quantization of values v moves each by at most scale/2, scale = range(v)/255;
     v is the exact partial sum p_i plus the error so far (|e| <= E_{i-1}), so
     range(v) <= range(p_i over the segment) + 2 E_{i-1} (a chunk's range is at most
-    its segment's). E_i = E_{i-1} + scale_i/2 + float32 rounding of the add and the
-    dequantization (2 ulp of max|p_i|, generous)."""
+    its segment's). zeropoint_uint8 widens the range to hold 0 (and its rounded zero
+    point keeps the clamp within scale/2). E_i = E_{i-1} + scale_i/2 + float32
+    rounding of the add and the dequantization (2 ulp of max|p_i|, generous)."""
     n = len(inputs)
     count = inputs[0].size
     x = [a.astype(np.float64) for a in inputs]
@@ -67,27 +70,32 @@ def error_bound(inputs: list[np.ndarray]) -> np.ndarray:
         p = np.zeros(hi - lo)
         for i in range(n):
             p = p + x[(k + i) % n][lo:hi]
-            scale = (p.max() - p.min() + 2 * e) / 255 * (1 + 1e-4)
+            top, bottom = p.max(), p.min()
+            if scheme == "zeropoint_uint8":
+                top, bottom = max(top, 0.0), min(bottom, 0.0)
+            scale = (top - bottom + 2 * e) / 255 * (1 + 1e-4)
             e = e + scale / 2 + 2 * np.abs(p).max() * 2.0 ** -23
         bound[lo:hi] = e
     return bound
 
 
+@pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("n", [2, 3, 4])
-def test_quantized_bit_identical_within_bound_and_a_quarter_of_the_bytes(ring, tmp_path, n):
+def test_quantized_bit_identical_within_bound_and_a_quarter_of_the_bytes(ring, tmp_path, n,
+                                                                        scheme):
     master, peers = ring(n)
     run = Runner(tmp_path)
     ids = [p.id for p in peers]  # rank order
     size, chunk = 100003, 1 << 16
     for op in ("sum", "avg"):
         spec = dict(dtype="float32", op=op, size=size, kind="random", chunk=chunk,
-                    quantize="minmax_uint8")
+                    quantize=scheme)
         replies = run.run(peers, **spec)
         outs = run.results(replies)
         assert len({o.tobytes() for o in outs}) == 1, "peers differ"
         inputs = [make_input(i, "float32", size, 1, "random") for i in ids]
         exact = np.sum([a.astype(np.float64) for a in inputs], axis=0)
-        bound = error_bound(inputs)
+        bound = error_bound(inputs, scheme)
         if op == "avg":
             exact, bound = exact / n, bound / n + np.abs(exact / n) * 2.0 ** -23
         err = np.abs(outs[0].astype(np.float64) - exact)
@@ -105,12 +113,12 @@ def test_quantized_bit_identical_within_bound_and_a_quarter_of_the_bytes(ring, t
     others = [("float64", 2.0 ** -23), ("float16", 2.0 ** -11)] + [("bfloat16", 2.0 ** -8)] * len(BF16)
     for dt, eps in others:
         outs = run.results(run.run(peers, dtype=dt, op="sum", size=4099, kind="random",
-                                   chunk=4096, quantize="minmax_uint8"))
+                                   chunk=4096, quantize=scheme))
         assert len({o.tobytes() for o in outs}) == 1, (dt, "peers differ")
         inputs = [make_input(i, dt, 4099, 1, "random").astype(np.float32) for i in ids]
         exact = np.sum([a.astype(np.float64) for a in inputs], axis=0)
         err = np.abs(outs[0].astype(np.float64) - exact)
-        assert np.all(err <= error_bound(inputs) * (1 + eps) + np.abs(exact) * eps), dt
+        assert np.all(err <= error_bound(inputs, scheme) * (1 + eps) + np.abs(exact) * eps), dt
 
 
 @pytest.mark.parametrize("n", [2, 3, 4])
@@ -134,12 +142,38 @@ def test_quantized_constant_and_empty_arrays_are_exact(ring, tmp_path, n):
                            for p, r in zip(peers, replies))
 
 
-def test_quantize_mismatch_and_nan_raise_on_every_peer_then_next_op_works(ring, tmp_path):
+@pytest.mark.parametrize("n", [2, 3])
+def test_zeropoint_zeros_exact_constants_within_bound_and_empty(ring, tmp_path, n):
+    master, peers = ring(n)
+    run = Runner(tmp_path)
+    ids = [p.id for p in peers]
+    for size in (0, 1, n + 1, 5000):
+        zeros = run.results(run.run(peers, dtype="float32", op="sum", size=size, kind="exact",
+                                    seed=0, chunk=1024, quantize="zeropoint_uint8",
+                                    zero=True))
+        for o in zeros:
+            assert o.shape == (size,) and not o.any() and not np.signbit(o).any()
+        replies = run.run(peers, dtype="float32", op="sum", size=size, kind="const", chunk=1024,
+                          quantize="zeropoint_uint8")
+        outs = run.results(replies)
+        assert len({o.tobytes() for o in outs}) == 1
+        inputs = [make_input(i, "float32", size, 1, "const") for i in ids]
+        exact = np.sum([a.astype(np.float64) for a in inputs], axis=0)
+        if size:
+            assert np.all(np.abs(outs[0] - exact) <= error_bound(inputs, "zeropoint_uint8"))
+        else:
+            assert all(r["bytes"] == expected_bytes(0, n, p.rank, 1024, True)
+                       for p, r in zip(peers, replies))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_quantize_mismatch_and_nan_raise_on_every_peer_then_next_op_works(ring, tmp_path,
+                                                                          scheme):
     master, peers = ring(3)
     run = Runner(tmp_path)
     spec = dict(dtype="float32", op="sum", size=1000, kind="random", seed=1)
     for i, p in enumerate(peers):
-        extra = dict(quantize="minmax_uint8") if i != 1 else {}
+        extra = dict(quantize=scheme) if i != 1 else {}
         p.send("ar " + json.dumps(dict(spec, path=str(tmp_path / f"m{i}.npy"), **extra)))
     replies = [p.recv(30) for p in peers]
     for r in replies:
@@ -148,25 +182,26 @@ def test_quantize_mismatch_and_nan_raise_on_every_peer_then_next_op_works(ring, 
     # NaN in one peer's input: every peer refuses alike.
     for i, p in enumerate(peers):
         extra = dict(nan=True) if i == 2 else {}
-        p.send("ar " + json.dumps(dict(spec, quantize="minmax_uint8",
+        p.send("ar " + json.dumps(dict(spec, quantize=scheme,
                                        path=str(tmp_path / f"n{i}.npy"), **extra)))
     replies = [p.recv(30) for p in peers]
     for r in replies:
         assert r["event"] == "error" and r["type"] == "InvalidArgumentError", replies
         assert "NaN" in r["msg"], r
-    outs = run.results(run.run(peers, **dict(spec, quantize="minmax_uint8")))
+    outs = run.results(run.run(peers, **dict(spec, quantize=scheme)))
     assert len({o.tobytes() for o in outs}) == 1
     inputs = [make_input(p.id, "float32", 1000, 1, "random") for p in peers]
     exact = np.sum([a.astype(np.float64) for a in inputs], axis=0)
-    assert np.all(np.abs(outs[0] - exact) <= error_bound(inputs))
+    assert np.all(np.abs(outs[0] - exact) <= error_bound(inputs, scheme))
 
 
-def test_kill9_mid_quantized_allreduce_aborts_restores_and_retry_works(ring, tmp_path):
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_kill9_mid_quantized_allreduce_aborts_restores_and_retry_works(ring, tmp_path, scheme):
     master, peers = ring(3)
     run = Runner(tmp_path)
     size = 1 << 18
     spec = dict(dtype="float32", op="sum", size=size, kind="random", chunk=4096, delay=0.005,
-                seed=1, quantize="minmax_uint8")
+                seed=1, quantize=scheme, send_thread=0 if scheme == "zeropoint_uint8" else 1 << 24)
     for p in peers:
         p.send("ar " + json.dumps(dict(spec, path=str(tmp_path / f"k{p.id}.npy"))))
     time.sleep(0.4)
@@ -185,4 +220,4 @@ def test_kill9_mid_quantized_allreduce_aborts_restores_and_retry_works(ring, tmp
     assert outs[0].tobytes() == outs[1].tobytes()
     inputs = [make_input(s.id, "float32", size, 1, "random") for s in survivors]
     exact = np.sum([a.astype(np.float64) for a in inputs], axis=0)
-    assert np.all(np.abs(outs[0] - exact) <= error_bound(inputs))
+    assert np.all(np.abs(outs[0] - exact) <= error_bound(inputs, scheme))

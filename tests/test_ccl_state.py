@@ -467,11 +467,12 @@ def _source_dies_mid_transfer(world, sig, heartbeat_timeout):
     set_state(peers[1], BIG)
     set_state(peers[2], stale)
     before = expected(stale)
-    # The sources pause 40 ms after each 1 MiB chunk: 32 chunks over two
-    # sources take ~0.6 s, and the victim is stopped 0.25 s in.
+    # The sources pause 80 ms after each 1 MiB chunk: 32 chunks over two
+    # sources take ~1.3 s, and the victim is stopped 0.5 s in (after the
+    # hashing and the plan, even on a loaded machine).
     for p, rev in zip(peers, [10, 10, 9]):
-        p.send("sync " + json.dumps(dict(revision=rev, timeout=30, delay=0.04)))
-    time.sleep(0.25)
+        p.send("sync " + json.dumps(dict(revision=rev, timeout=30, delay=0.08)))
+    time.sleep(0.5)
     victim, survivors = peers[0], peers[1:]
     t0 = time.time()
     os.kill(victim.proc.pid, sig)

@@ -5,11 +5,13 @@
 // to a topology's members.
 //
 // A channel is dialled by one peer and accepted by another (DataPlane's
-// listener); the dialer's DATA_HELLO names (from_id, epoch, kind, tag):
+// listener); the dialer's DATA_HELLO names (from_id, epoch, kind, tag) and
+// which of the link's streams it is (stream, streams):
 //
 //   DATA_HELLO  client_nonce[32] mac[32] u64 from_id u64 epoch u32 tag u8 kind
+//               u32 stream u32 streams
 //               mac = HMAC(secret, "pccl-data" || nonce || client_nonce || from_id
-//                          || epoch || tag || kind)
+//                          || epoch || tag || kind || stream || streams)
 //
 // kind 0: a ring channel of all_reduce (tag: the caller's tag); kind 1: a
 // shared-state fetch (tag: the low 32 bits of the sync's sequence number);
@@ -46,9 +48,10 @@ constexpr size_t kProbeBulkMax = size_t(1) << 20;
 // ---- end topology optimization ----
 constexpr size_t kDataSubHeader = 24;
 constexpr size_t kMaxChunkBytes = size_t(64) << 20;
-constexpr size_t kHelloSize = 32 + 32 + 8 + 8 + 4 + 1;
+constexpr size_t kHelloSize = 32 + 32 + 8 + 8 + 4 + 1 + 4 + 4;
 constexpr size_t kOpSize = 8 + 8 + 4 + 4 + 1 + 1 + 8 + 1 + 1;
-constexpr size_t kHelloIds = 8 + 8 + 4 + 1;  // from_id epoch tag kind
+constexpr size_t kHelloIds = 8 + 8 + 4 + 1 + 4 + 4;  // from_id epoch tag kind stream streams
+constexpr uint32_t kMaxConnections = 16;  // streams per ring link
 constexpr size_t kStateRequestSize = 8 + 8 + 4;  // u64 epoch u64 seq u32 index
 constexpr size_t kStateSubHeader = 8 + 4 + 8;    // u64 seq u32 index u64 offset
 constexpr double kHandshakeTimeout = 2.0;

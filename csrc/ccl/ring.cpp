@@ -5,8 +5,12 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -23,23 +27,26 @@ struct DataPlane::Channel {
   uint64_t epoch = 0;
   bool ready = false;
   bool broken = false;  // aborted in `epoch`: unusable until the next epoch
-  int send_fd = -1;     // to the right neighbour
-  int recv_fd = -1;     // from the left neighbour
+  std::vector<int> send_fds;  // streams to the right neighbour (this peer's setting)
+  std::vector<int> recv_fds;  // streams from the left neighbour (its setting)
   uint64_t left_id = 0, right_id = 0;
   uint64_t seq = 0;
-  std::vector<uint8_t> work, stage;
-  std::vector<uint8_t> qcodes, qparams, qsend, qstage;  // quantized mode
+  std::vector<uint8_t> work;
+  std::vector<std::vector<uint8_t>> stage;  // per incoming stream
+  std::vector<uint8_t> qcodes, qparams;     // quantized mode
+  std::vector<std::vector<uint8_t>> qsend, qstage;  // per stream
   void close_fds() {
-    if (send_fd >= 0) ::close(send_fd);
-    if (recv_fd >= 0) ::close(recv_fd);
-    send_fd = recv_fd = -1;
+    for (int fd : send_fds) ::close(fd);
+    for (int fd : recv_fds) ::close(fd);
+    send_fds.clear();
+    recv_fds.clear();
     ready = false;
   }
 };
 
 namespace {
 
-constexpr size_t kQParams = 8;  // f32 min, f32 scale ahead of a quantized chunk's codes
+constexpr size_t kQParams = 8;  // a quantized chunk's parameters, ahead of its codes
 
 // ---- element types and reduction ------------------------------------------
 
@@ -93,44 +100,51 @@ uint16_t f32_to_bf16(float f) {  // round to nearest even, like ml_dtypes
   return uint16_t(x >> 16);
 }
 
-template <typename T>
-T combine(T a, T b, ReduceOp op) {
+// One element of a reduction: `a` is the incoming partial result, `b` this
+// peer's own value (the fixed order that keeps every peer bit-identical).
+template <typename T, ReduceOp Op>
+inline T combine(T a, T b) {
   if constexpr (std::is_floating_point_v<T>) {
-    switch (op) {
-      case ReduceOp::kMin: return (a < b || a != a) ? a : b;  // NaN propagates, like numpy
-      case ReduceOp::kMax: return (a > b || a != a) ? a : b;
-      default: return a + b;
-    }
+    if constexpr (Op == ReduceOp::kMin) return (a < b || a != a) ? a : b;  // NaN propagates
+    if constexpr (Op == ReduceOp::kMax) return (a > b || a != a) ? a : b;  // like numpy
+    if constexpr (Op == ReduceOp::kSum || Op == ReduceOp::kAvg) return a + b;
   } else {
     using U = std::make_unsigned_t<T>;
-    switch (op) {
-      case ReduceOp::kMin: return a < b ? a : b;
-      case ReduceOp::kMax: return a > b ? a : b;
-      default: return T(U(a) + U(b));  // wraps, like numpy
-    }
+    if constexpr (Op == ReduceOp::kMin) return a < b ? a : b;
+    if constexpr (Op == ReduceOp::kMax) return a > b ? a : b;
+    if constexpr (Op == ReduceOp::kSum || Op == ReduceOp::kAvg)
+      return T(U(a) + U(b));  // wraps, like numpy
   }
 }
 
-// dst[i] = incoming[i] (op) dst[i]
-template <typename T>
-void reduce_into(T* dst, const T* incoming, size_t n, ReduceOp op) {
-  for (size_t i = 0; i < n; ++i) dst[i] = combine(incoming[i], dst[i], op);
+// dst[i] = incoming[i] (op) own[i]; `own` may be `dst`. One loop per (type,
+// op) with no branch inside, so the compiler vectorises it.
+template <typename T, ReduceOp Op>
+void reduce_loop(T* dst, const T* __restrict incoming, const T* own, size_t n) {
+  for (size_t i = 0; i < n; ++i) dst[i] = combine<T, Op>(incoming[i], own[i]);
 }
 
-void reduce_work(DType t, void* dst, const void* incoming, size_t n, ReduceOp op) {
+template <typename T>
+void reduce_into(void* dst, const void* incoming, const void* own, size_t n, ReduceOp op) {
+  T* d = static_cast<T*>(dst);
+  const T* in = static_cast<const T*>(incoming);
+  const T* o = static_cast<const T*>(own);
+  switch (op) {
+    case ReduceOp::kMin: return reduce_loop<T, ReduceOp::kMin>(d, in, o, n);
+    case ReduceOp::kMax: return reduce_loop<T, ReduceOp::kMax>(d, in, o, n);
+    default: return reduce_loop<T, ReduceOp::kSum>(d, in, o, n);
+  }
+}
+
+void reduce_work(DType t, void* dst, const void* incoming, const void* own, size_t n,
+                 ReduceOp op) {
   switch (t) {
     case DType::kF16:
     case DType::kBF16:
-    case DType::kF32:
-      return reduce_into(static_cast<float*>(dst), static_cast<const float*>(incoming), n, op);
-    case DType::kF64:
-      return reduce_into(static_cast<double*>(dst), static_cast<const double*>(incoming), n, op);
-    case DType::kI32:
-      return reduce_into(static_cast<int32_t*>(dst), static_cast<const int32_t*>(incoming), n,
-                         op);
-    case DType::kI64:
-      return reduce_into(static_cast<int64_t*>(dst), static_cast<const int64_t*>(incoming), n,
-                         op);
+    case DType::kF32: return reduce_into<float>(dst, incoming, own, n, op);
+    case DType::kF64: return reduce_into<double>(dst, incoming, own, n, op);
+    case DType::kI32: return reduce_into<int32_t>(dst, incoming, own, n, op);
+    case DType::kI64: return reduce_into<int64_t>(dst, incoming, own, n, op);
   }
 }
 
@@ -216,60 +230,209 @@ float get_f32(const uint8_t* p) {
   return f;
 }
 
-// codes[i] = round((v[i] - min) / scale) in 0..255, params = (min, scale).
-void quantize_chunk(const float* v, size_t n, uint8_t* codes, uint8_t* params) {
+// Both schemes send a chunk as 8 bytes of parameters and one uint8 code per
+// element:
+//   minmax_uint8:    f32 min, f32 scale = (max - min) / 255;
+//                    code = round((v - min) / scale), value = min + scale * code
+//   zeropoint_uint8: f32 scale = (max(max, 0) - min(min, 0)) / 255, u32 zero
+//                    point z = round(-min(min, 0) / scale) in 0..255;
+//                    code = clamp(round(v / scale) + z, 0, 255),
+//                    value = scale * (code - z)  (0 is exact)
+// A chunk whose range is not finite (a partial sum overflowed float32, or a
+// NaN) is sent as scale = NaN: it dequantizes to NaN on every peer. Each
+// quantization moves a value by at most scale / 2 (the clamp included: the
+// rounded zero point is within 1/2 of the exact one).
+//
+// Only the sender of a chunk quantizes it, so the quantizer's arithmetic
+// needs no agreement between peers; the dequantization does: every peer
+// builds the chunk's 256 values with the scalar function below and looks the
+// codes up, whatever the vector code of the rest of the machine.
+
+// lo = min(v), hi = max(v) over n > 0 values; false if any is NaN.
+bool min_max(const float* v, size_t n, float* lo, float* hi) {
+  size_t i = 0;
+  float l = v[0], h = v[0];
+  bool nan = false;
+#if defined(__SSE2__)
+  if (n >= 16) {  // four independent accumulators: min/max latency, not throughput, bounds one
+    __m128 vl[4], vh[4], vnan = _mm_setzero_ps();
+    for (int k = 0; k < 4; ++k) vl[k] = vh[k] = _mm_loadu_ps(v + 4 * k);
+    for (i = 0; i + 16 <= n; i += 16) {
+      for (int k = 0; k < 4; ++k) {
+        __m128 x = _mm_loadu_ps(v + i + 4 * k);
+        vl[k] = _mm_min_ps(vl[k], x);
+        vh[k] = _mm_max_ps(vh[k], x);
+        vnan = _mm_or_ps(vnan, _mm_cmpunord_ps(x, x));
+      }
+    }
+    float ls[4], hs[4];
+    _mm_storeu_ps(ls, _mm_min_ps(_mm_min_ps(vl[0], vl[1]), _mm_min_ps(vl[2], vl[3])));
+    _mm_storeu_ps(hs, _mm_max_ps(_mm_max_ps(vh[0], vh[1]), _mm_max_ps(vh[2], vh[3])));
+    nan = _mm_movemask_ps(vnan) != 0;
+    l = std::min(std::min(ls[0], ls[1]), std::min(ls[2], ls[3]));
+    h = std::max(std::max(hs[0], hs[1]), std::max(hs[2], hs[3]));
+  }
+#endif
+  for (; i < n; ++i) {
+    nan |= v[i] != v[i];
+    l = v[i] < l ? v[i] : l;
+    h = v[i] > h ? v[i] : h;
+  }
+  *lo = l;
+  *hi = h;
+  return !nan;
+}
+
+// codes[i] = round((v[i] - sub) * mul) clamped to 0..255 (the vector and the
+// scalar loops compute the same thing: clamp, add 1/2, truncate).
+void codes_minmax(const float* v, size_t n, float sub, float mul, uint8_t* codes) {
+  size_t i = 0;
+#if defined(__SSE2__)
+  const __m128 vs = _mm_set1_ps(sub), vm = _mm_set1_ps(mul), zero = _mm_setzero_ps(),
+               top = _mm_set1_ps(255.0f), half = _mm_set1_ps(0.5f);
+  for (; i + 16 <= n; i += 16) {
+    __m128i q[4];
+    for (int k = 0; k < 4; ++k) {
+      __m128 x = _mm_mul_ps(_mm_sub_ps(_mm_loadu_ps(v + i + 4 * k), vs), vm);
+      x = _mm_min_ps(_mm_max_ps(x, zero), top);
+      q[k] = _mm_cvttps_epi32(_mm_add_ps(x, half));
+    }
+    __m128i lo16 = _mm_packs_epi32(q[0], q[1]), hi16 = _mm_packs_epi32(q[2], q[3]);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm_packus_epi16(lo16, hi16));
+  }
+#endif
+  for (; i < n; ++i) {
+    float q = (v[i] - sub) * mul;
+    codes[i] = q <= 0.0f ? uint8_t(0) : q >= 255.0f ? uint8_t(255) : uint8_t(q + 0.5f);
+  }
+}
+
+// codes[i] = clamp(round_even(v[i] / scale) + zp, 0, 255)
+void codes_zeropoint(const float* v, size_t n, float scale, int32_t zp, uint8_t* codes) {
+  size_t i = 0;
+#if defined(__SSE2__)
+  const __m128 vs = _mm_set1_ps(scale);
+  const __m128i vz = _mm_set1_epi32(zp);
+  for (; i + 16 <= n; i += 16) {
+    __m128i q[4];
+    for (int k = 0; k < 4; ++k)  // cvtps rounds to nearest even, as nearbyint below
+      q[k] = _mm_add_epi32(_mm_cvtps_epi32(_mm_div_ps(_mm_loadu_ps(v + i + 4 * k), vs)), vz);
+    __m128i lo16 = _mm_packs_epi32(q[0], q[1]), hi16 = _mm_packs_epi32(q[2], q[3]);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm_packus_epi16(lo16, hi16));
+  }
+#endif
+  for (; i < n; ++i) {
+    int32_t q = int32_t(std::nearbyint(v[i] / scale)) + zp;
+    codes[i] = uint8_t(q < 0 ? 0 : q > 255 ? 255 : q);
+  }
+}
+
+void quantize_chunk(Quant scheme, const float* v, size_t n, uint8_t* codes, uint8_t* params) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
   float lo = 0, hi = 0;
-  if (n) lo = hi = v[0];
-  for (size_t i = 1; i < n; ++i) {
-    lo = v[i] < lo ? v[i] : lo;
-    hi = v[i] > hi ? v[i] : hi;
+  bool ok = n == 0 || min_max(v, n, &lo, &hi);
+  if (scheme == Quant::kZeroPointU8) {
+    lo = std::min(lo, 0.0f);
+    hi = std::max(hi, 0.0f);
   }
   float scale = (hi - lo) / 255.0f;
-  if (!std::isfinite(lo) || !std::isfinite(hi) || !std::isfinite(scale)) {
-    // A partial sum overflowed float32: the chunk is NaN on every peer.
-    lo = scale = std::numeric_limits<float>::quiet_NaN();
+  int32_t zp = 0;
+  if (!ok || !std::isfinite(lo) || !std::isfinite(hi) || !std::isfinite(scale)) {
+    lo = scale = nan;  // the chunk is NaN on every peer
     if (n) std::memset(codes, 0, n);
   } else if (scale == 0) {
     if (n) std::memset(codes, 0, n);
+  } else if (scheme == Quant::kZeroPointU8) {
+    zp = int32_t(std::nearbyint(-lo / scale));
+    zp = zp < 0 ? 0 : zp > 255 ? 255 : zp;
+    codes_zeropoint(v, n, scale, zp, codes);
   } else {
-    const float inv = 1.0f / scale;
-    for (size_t i = 0; i < n; ++i) {
-      float q = (v[i] - lo) * inv;
-      codes[i] = q <= 0.0f ? uint8_t(0) : q >= 255.0f ? uint8_t(255) : uint8_t(q + 0.5f);
+    codes_minmax(v, n, lo, 1.0f / scale, codes);
+  }
+  if (scheme == Quant::kZeroPointU8) {
+    put_f32(params, scale);
+    put_le(params + 4, uint32_t(zp), 4);
+  } else {
+    put_f32(params, lo);
+    put_f32(params + 4, scale);
+  }
+}
+
+bool valid_qparams(Quant scheme, const uint8_t* params) {
+  if (scheme == Quant::kZeroPointU8)
+    return !(get_f32(params) < 0) && get_le(params + 4, 4) <= 255;
+  return !(get_f32(params + 4) < 0);
+}
+
+// The value of every code of a chunk. scale * code is exact in double (24 + 9
+// bits), so one rounding (zeropoint) or a double add then one rounding
+// (minmax) gives the same float on every peer, FMA contraction or not.
+void dequant_table(Quant scheme, const uint8_t* params, float* table) {
+  if (scheme == Quant::kZeroPointU8) {
+    const double scale = get_f32(params);
+    const int32_t zp = int32_t(get_le(params + 4, 4));
+    for (int32_t c = 0; c < 256; ++c) table[c] = float(scale * double(c - zp));
+  } else {
+    const double lo = get_f32(params), scale = get_f32(params + 4);
+    for (int32_t c = 0; c < 256; ++c) table[c] = float(lo + scale * double(c));
+  }
+}
+
+// dst[i] = value(codes[i]) (+ own[i] when `own` is given; it may be `dst`).
+void dequantize_chunk(Quant scheme, const uint8_t* params, const uint8_t* codes, size_t n,
+                      float* dst, const float* own) {
+  size_t i = 0;
+#if defined(__SSE2__)
+  if (scheme == Quant::kZeroPointU8) {
+    // scale * float(code - z) is one correctly rounded float product of two
+    // floats whose exact product fits a double: the same bits as the table's
+    // double product rounded once, so this loop and the table agree.
+    const __m128 vs = _mm_set1_ps(get_f32(params));
+    const __m128i vz = _mm_set1_epi32(int32_t(get_le(params + 4, 4))), zero = _mm_setzero_si128();
+    for (; i + 16 <= n; i += 16) {
+      __m128i c8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i));
+      __m128i c16[2] = {_mm_unpacklo_epi8(c8, zero), _mm_unpackhi_epi8(c8, zero)};
+      for (int k = 0; k < 4; ++k) {
+        __m128i c32 = (k & 1) ? _mm_unpackhi_epi16(c16[k / 2], zero)
+                              : _mm_unpacklo_epi16(c16[k / 2], zero);
+        __m128 v = _mm_mul_ps(vs, _mm_cvtepi32_ps(_mm_sub_epi32(c32, vz)));
+        if (own) v = _mm_add_ps(v, _mm_loadu_ps(own + i + 4 * k));
+        _mm_storeu_ps(dst + i + 4 * k, v);
+      }
     }
   }
-  put_f32(params, lo);
-  put_f32(params + 4, scale);
-}
-
-// The one dequantization every peer uses. scale * code is exact in double
-// (24 + 8 bits), so the result does not depend on FMA contraction.
-inline float dequant(double lo, double scale, uint8_t c) {
-  return float(lo + scale * double(c));
-}
-
-// dst[i] = dequant(code[i]) (+ dst[i] when `add`).
-void dequantize_chunk(const uint8_t* params, const uint8_t* codes, size_t n, float* dst,
-                      bool add) {
-  const double lo = get_f32(params), scale = get_f32(params + 4);
-  if (add) {
-    for (size_t i = 0; i < n; ++i) dst[i] = dequant(lo, scale, codes[i]) + dst[i];
+#endif
+  if (i == n) return;
+  float table[256];
+  dequant_table(scheme, params, table);
+  if (own) {
+    for (; i < n; ++i) dst[i] = table[codes[i]] + own[i];
   } else {
-    for (size_t i = 0; i < n; ++i) dst[i] = dequant(lo, scale, codes[i]);
+    for (; i < n; ++i) dst[i] = table[codes[i]];
   }
 }
 
-// Quantized mode: float32 work from any float input; false if non-finite.
+bool all_finite(const float* v, size_t n) {
+  uint32_t bad = 0;  // an exponent of all ones: inf or NaN
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t x;
+    std::memcpy(&x, v + i, 4);
+    bad |= uint32_t((x & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad == 0;
+}
+
+// Quantized mode: float32 work from any float input (float32 is read in place
+// and not copied); false if non-finite.
 bool load_work_q(DType t, const void* in, float* work, size_t n) {
+  if (t == DType::kF32) return all_finite(static_cast<const float*>(in), n);
   if (t == DType::kF64) {
     const double* s = static_cast<const double*>(in);
     for (size_t i = 0; i < n; ++i) work[i] = float(s[i]);
   } else {
     load_work(t, in, work, n);
   }
-  bool finite = true;
-  for (size_t i = 0; i < n; ++i) finite &= std::isfinite(work[i]);
-  return finite;
+  return all_finite(work, n);
 }
 
 const char* dtype_name(uint8_t t) {
@@ -280,6 +443,15 @@ const char* dtype_name(uint8_t t) {
     case DType::kF64: return "float64";
     case DType::kI32: return "int32";
     case DType::kI64: return "int64";
+  }
+  return "?";
+}
+
+const char* quant_name(uint8_t q) {
+  switch (static_cast<Quant>(q)) {
+    case Quant::kNone: return "none";
+    case Quant::kMinMaxU8: return "minmax_uint8";
+    case Quant::kZeroPointU8: return "zeropoint_uint8";
   }
   return "?";
 }
@@ -312,9 +484,13 @@ DataPlane::DataPlane() = default;
 DataPlane::~DataPlane() { stop(); }
 
 pyhpc_status DataPlane::start(const std::string& host, const std::string& secret,
-                              uint16_t version) {
+                              uint16_t version, uint32_t connections) {
   if (listen_fd_ >= 0) return PYHPC_OK;
   if (secret.empty()) return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "empty secret");
+  if (connections < 1 || connections > kMaxConnections)
+    return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "connections must be in 1..%u",
+                      unsigned(kMaxConnections));
+  connections_ = connections;
   secret_ = secret;
   version_ = version;
   PYHPC_CHECK(listen_tcp(host, 0, &listen_fd_, &port_));
@@ -338,7 +514,7 @@ void DataPlane::stop() {
   }
   wake_and_join(thread_, wake_[1]);
   std::lock_guard<std::mutex> lock(mu_);
-  for (auto& kv : pending_) ::close(kv.second);
+  for (auto& kv : pending_) ::close(kv.second.fd);
   pending_.clear();
   for (auto& kv : channels_) {
     std::lock_guard<std::mutex> op(kv.second->op_mu);
@@ -387,8 +563,10 @@ void DataPlane::handshake(int fd) {
   uint64_t from = get_le(hello + 64, 8), epoch = get_le(hello + 72, 8);
   uint32_t tag = uint32_t(get_le(hello + 80, 4));
   uint8_t kind = hello[84];
-  if (kind > kMaxChannelKind) {
-    ::close(fd);
+  uint32_t stream = uint32_t(get_le(hello + 85, 4)), streams = uint32_t(get_le(hello + 89, 4));
+  if (kind > kMaxChannelKind || streams < 1 || streams > kMaxConnections || stream >= streams ||
+      (kind != uint8_t(ChannelKind::kRing) && streams != 1)) {
+    ::close(fd);  // malformed (authenticated, but not a channel this side can take)
     return;
   }
   Digest proof = ok_mac(secret_, hello, nonce);
@@ -401,16 +579,16 @@ void DataPlane::handshake(int fd) {
   // Connections of older epochs will never be claimed.
   for (auto it = pending_.begin(); it != pending_.end();) {
     if (std::get<1>(it->first) + 1 < epoch) {
-      ::close(it->second);
+      ::close(it->second.fd);
       it = pending_.erase(it);
     } else {
       ++it;
     }
   }
-  Key key{from, epoch, kind, tag};
+  Key key{from, epoch, kind, tag, stream};
   auto it = pending_.find(key);
-  if (it != pending_.end()) ::close(it->second);  // a redial replaces the old one
-  pending_[key] = fd;
+  if (it != pending_.end()) ::close(it->second.fd);  // a redial replaces the old one
+  pending_[key] = Pending{fd, streams};
   cv_.notify_all();
 }
 
@@ -423,7 +601,7 @@ DataPlane::Channel* DataPlane::channel(uint32_t tag) {
 
 pyhpc_status DataPlane::dial(Peer& peer, const Topology& t, const PeerInfo& to,
                              ChannelKind kind, uint32_t tag, Clock::time_point deadline,
-                             int* out) {
+                             int* out, uint32_t stream, uint32_t streams) {
   double left_s = std::chrono::duration<double>(deadline - Clock::now()).count();
   int fd = -1;
   if (connect_tcp(to.host, to.port, left_s > 0.001 ? left_s : 0.001, &fd) != PYHPC_OK) {
@@ -441,6 +619,8 @@ pyhpc_status DataPlane::dial(Peer& peer, const Topology& t, const PeerInfo& to,
     put_le(hello + 72, t.epoch, 8);
     put_le(hello + 80, tag, 4);
     hello[84] = uint8_t(kind);
+    put_le(hello + 85, stream, 4);
+    put_le(hello + 89, streams, 4);
     Digest mac = hello_mac(secret_, nonce, hello, hello + 64);
     std::memcpy(hello + 32, mac.data(), 32);
     s = send_small(fd, version_, kDataHello, hello, kHelloSize, deadline);
@@ -464,9 +644,9 @@ pyhpc_status DataPlane::dial(Peer& peer, const Topology& t, const PeerInfo& to,
 
 int DataPlane::claim(uint64_t from, uint64_t epoch, ChannelKind kind, uint32_t tag) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = pending_.find(Key{from, epoch, uint8_t(kind), tag});
+  auto it = pending_.find(Key{from, epoch, uint8_t(kind), tag, 0});
   if (it == pending_.end()) return -1;
-  int fd = it->second;
+  int fd = it->second.fd;
   pending_.erase(it);
   return fd;
 }
@@ -478,7 +658,7 @@ std::vector<std::pair<uint64_t, int>> DataPlane::claim_all(uint64_t epoch, Chann
   for (auto it = pending_.begin(); it != pending_.end();) {
     if (std::get<1>(it->first) == epoch && std::get<2>(it->first) == uint8_t(kind) &&
         std::get<3>(it->first) == tag) {
-      out.push_back({std::get<0>(it->first), it->second});
+      out.push_back({std::get<0>(it->first), it->second.fd});
       it = pending_.erase(it);
     } else {
       ++it;
@@ -505,21 +685,31 @@ pyhpc_status DataPlane::setup(Peer& peer, Channel& ch, const Topology& t, uint32
     return PYHPC_FAIL(PYHPC_ERR_PEER, "data plane: %s peer %llu: %s", what,
                       static_cast<unsigned long long>(who), why.c_str());
   };
-  // Dial the right neighbour and prove the secret.
-  int fd = -1;
-  pyhpc_status s = dial(peer, t, right, ChannelKind::kRing, tag, deadline, &fd);
-  if (s == PYHPC_ERR_PEER) return fail_peer(right.id, "cannot reach");
-  if (s != PYHPC_OK) return s;
-  ch.send_fd = fd;
-  // Wait for the left neighbour's connection.
+  // Dial the right neighbour once per stream and prove the secret on each.
+  for (uint32_t stream = 0; stream < connections_; ++stream) {
+    int fd = -1;
+    pyhpc_status s =
+        dial(peer, t, right, ChannelKind::kRing, tag, deadline, &fd, stream, connections_);
+    if (s == PYHPC_ERR_PEER) return fail_peer(right.id, "cannot reach");
+    if (s != PYHPC_OK) return s;
+    ch.send_fds.push_back(fd);
+  }
+  // Wait for the left neighbour's streams: stream 0 says how many it dials.
   std::unique_lock<std::mutex> lock(mu_);
-  Key key{left.id, t.epoch, uint8_t(ChannelKind::kRing), tag};
-  for (;;) {
-    auto it = pending_.find(key);
+  uint32_t streams = 1;
+  for (uint32_t stream = 0; stream < streams;) {
+    auto it = pending_.find(Key{left.id, t.epoch, uint8_t(ChannelKind::kRing), tag, stream});
     if (it != pending_.end()) {
-      ch.recv_fd = it->second;
+      if (stream == 0) streams = it->second.streams;
+      bool agrees = it->second.streams == streams;
+      ch.recv_fds.push_back(it->second.fd);
       pending_.erase(it);
-      break;
+      if (!agrees)
+        return PYHPC_FAIL(PYHPC_ERR_PROTOCOL,
+                          "data plane: peer %llu announced different stream counts on one link",
+                          static_cast<unsigned long long>(left.id));
+      ++stream;
+      continue;
     }
     if (stop_) return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "data plane stopped");
     lock.unlock();
@@ -538,8 +728,8 @@ pyhpc_status DataPlane::setup(Peer& peer, Channel& ch, const Topology& t, uint32
     cv_.wait_for(lock, std::chrono::milliseconds(kPollSliceMs));
   }
   lock.unlock();
-  set_nonblocking(ch.send_fd, true);
-  set_nonblocking(ch.recv_fd, true);
+  for (int fd : ch.send_fds) set_nonblocking(fd, true);
+  for (int fd : ch.recv_fds) set_nonblocking(fd, true);
   ch.ready = true;
   return PYHPC_OK;
 }
@@ -552,7 +742,7 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
     return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "unsupported dtype or op");
   if (a.timeout_s <= 0) return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "timeout must be > 0");
   if (a.data_bytes_sent) *a.data_bytes_sent = 0;
-  const bool quant = a.quant == Quant::kMinMaxU8;
+  const bool quant = a.quant == Quant::kMinMaxU8 || a.quant == Quant::kZeroPointU8;
   if (a.quant != Quant::kNone && !quant)
     return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "unknown quantization %u", unsigned(a.quant));
   if (quant && (a.dtype == DType::kI32 || a.dtype == DType::kI64 ||
@@ -596,7 +786,24 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
                       "an earlier operation with tag %u failed in this topology epoch; call "
                       "update_topology() first",
                       unsigned(a.tag));
+  // A large operation sends from a second thread (below), so that its sends
+  // and receives (each a kernel copy) run at once. It is stopped before any
+  // return, and before an abort closes the sockets it writes to.
+  std::thread sender;
+  std::mutex sender_mu;
+  std::condition_variable sender_cv;  // a chunk arrived / the sender finished or failed
+  bool sender_stop = false;
+  auto stop_sender = [&] {
+    if (!sender.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(sender_mu);
+      sender_stop = true;
+    }
+    sender_cv.notify_all();
+    sender.join();
+  };
   auto abort = [&](pyhpc_status s) {
+    stop_sender();
     ch.close_fds();
     ch.broken = true;
     return s;
@@ -639,10 +846,16 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
   const uint64_t count = a.count;
   if (ch.work.size() < count * wsize) ch.work.resize(count * wsize);
   uint8_t* work = ch.work.data();
+  // Where this peer's own values are read from: float32/float64/integer input
+  // (float32 only when quantized) is read in place (the reduce-scatter's first
+  // send and its reductions read it, and every byte of `work` is written by a
+  // reduction or an all-gather chunk), so it is never copied whole.
+  const bool direct = quant ? a.dtype == DType::kF32 : work_size(a.dtype) == dtype_size(a.dtype);
+  const uint8_t* own = direct ? static_cast<const uint8_t*>(a.in) : work;
   bool nonfinite = false;
   if (quant)
     nonfinite = !load_work_q(a.dtype, a.in, reinterpret_cast<float*>(work), count);
-  else
+  else if (!direct)
     load_work(a.dtype, a.in, work, count);
 
   // (1) Descriptors round the ring: every peer learns every peer's op.
@@ -661,11 +874,11 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
   }
   for (uint32_t s = 0; s + 1 < n; ++s) {
     uint32_t send_origin = (rank + n - s) % n, recv_origin = (rank + n - s - 1) % n;
-    if (send_small(ch.send_fd, version_, kDataOp, desc[send_origin].data(), kOpSize, deadline) !=
-        PYHPC_OK)
+    if (send_small(ch.send_fds[0], version_, kDataOp, desc[send_origin].data(), kOpSize,
+                   deadline) != PYHPC_OK)
       return peer_failure(ch.right_id, "sending to the right neighbour: " + last_error());
     std::vector<uint8_t> got(kOpSize);
-    pyhpc_status st = recv_small(ch.recv_fd, version_, kDataOp, kOpSize, deadline, got.data(),
+    pyhpc_status st = recv_small(ch.recv_fds[0], version_, kDataOp, kOpSize, deadline, got.data(),
                                  [&] { return !failed_members(peer, t).empty(); });
     if (st == PYHPC_ERR_PROTOCOL) return abort(st);
     if (st != PYHPC_OK)
@@ -689,9 +902,9 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
                         "all_reduce arguments differ between peers: rank %u has %llu x %s op=%s "
                         "quantize=%s, rank %u has %llu x %s op=%s quantize=%s",
                         rank, static_cast<unsigned long long>(a.count), dtype_name(m[24]),
-                        op_name(m[25]), m[34] ? "minmax_uint8" : "none", r,
+                        op_name(m[25]), quant_name(m[34]), r,
                         static_cast<unsigned long long>(count), dtype_name(d[24]),
-                        op_name(d[25]), d[34] == 1 ? "minmax_uint8" : d[34] ? "?" : "none");
+                        op_name(d[25]), quant_name(d[34]));
     }
   }
   for (uint32_t r = 0; r < n; ++r)
@@ -709,13 +922,19 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
   const uint64_t max_seg = base + (rem ? 1 : 0);
   const uint64_t C = (max_seg + chunk_elems - 1) / chunk_elems;
   const uint64_t steps = 2 * uint64_t(n - 1), total = steps * C;
+  // One staging buffer per stream (each has one frame in flight).
+  auto grow = [](std::vector<std::vector<uint8_t>>& bufs, size_t streams, size_t bytes) {
+    bufs.resize(std::max(bufs.size(), streams));
+    for (size_t q = 0; q < streams; ++q)
+      if (bufs[q].size() < bytes) bufs[q].resize(bytes);
+  };
   if (quant) {
     if (ch.qcodes.size() < count) ch.qcodes.resize(count);
     if (ch.qparams.size() < n * C * kQParams) ch.qparams.resize(n * C * kQParams);
-    if (ch.qsend.size() < kQParams + chunk_elems) ch.qsend.resize(kQParams + chunk_elems);
-    if (ch.qstage.size() < kQParams + chunk_elems) ch.qstage.resize(kQParams + chunk_elems);
-  } else if (ch.stage.size() < chunk_elems * wsize) {
-    ch.stage.resize(chunk_elems * wsize);
+    grow(ch.qsend, ch.send_fds.size(), kQParams + chunk_elems);
+    grow(ch.qstage, ch.recv_fds.size(), kQParams + chunk_elems);
+  } else {
+    grow(ch.stage, ch.recv_fds.size(), chunk_elems * wsize);
   }
   auto qparams = [&](uint32_t k, uint64_t j) { return ch.qparams.data() + (k * C + j) * kQParams; };
   // Segment a step sends / receives.
@@ -733,62 +952,205 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
     *len = (hi - lo) * wsize;
   };
 
+  // Chunk i of the schedule (step i / C, chunk i % C) travels on stream
+  // i % streams of its link: each stream carries its chunks in order, so the
+  // receiver knows what every frame must be. Chunk i of a step > 0 leaves
+  // only once chunk i - C (the same chunk of the step before) has arrived.
+  struct Outgoing {
+    uint64_t next = 0;  // the next chunk of the schedule on this stream
+    bool active = false;
+    uint8_t hdr[kHeaderSize + kDataSubHeader];
+    const uint8_t* part[2] = {nullptr, nullptr};  // the payload, in up to two pieces
+    uint64_t part_len[2] = {0, 0};
+    uint64_t done = 0;
+  };
+  struct Incoming {
+    uint64_t next = 0;
+    uint8_t hdr[kHeaderSize + kDataSubHeader];
+    size_t hgot = 0;
+    uint64_t off = 0, len = 0, got = 0, plen = 0;
+    uint8_t* dst = nullptr;
+  };
+  const size_t ns = ch.send_fds.size(), nr = ch.recv_fds.size();
+  std::vector<Outgoing> sends(ns);
+  std::vector<Incoming> recvs(nr);
+  for (size_t q = 0; q < ns; ++q) sends[q].next = q;
+  for (size_t q = 0; q < nr; ++q) recvs[q].next = q;
+  std::unique_ptr<std::atomic<uint8_t>[]> arrived(new std::atomic<uint8_t>[total]);
+  for (uint64_t i = 0; i < total; ++i) arrived[i].store(0, std::memory_order_relaxed);
+  std::vector<pollfd> fds(ns + nr);
   uint64_t sent = 0, recvd = 0, bytes_sent = 0;
-  uint8_t shdr[kHeaderSize + kDataSubHeader];
-  uint64_t s_off = 0, s_len = 0, s_done = 0;  // current outgoing frame
-  const uint8_t* s_part[2] = {nullptr, nullptr};  // its payload, in up to two pieces
-  uint64_t s_part_len[2] = {0, 0};
-  bool s_active = false;
-  uint8_t rhdr[kHeaderSize + kDataSubHeader];
-  size_t r_hgot = 0;
-  uint64_t r_off = 0, r_len = 0, r_got = 0, r_plen = 0;
-  uint8_t* r_dst = nullptr;
   auto last_check = Clock::now();
-  while (sent < total || recvd < total) {
-    if (!s_active && sent < total && (sent < C || recvd > sent - C)) {
-      uint64_t s = sent / C, j = sent % C;
-      uint32_t k = send_seg(s);
-      chunk_range(k, j, &s_off, &s_len);
-      if (!quant) {
-        s_part[0] = work + s_off;
-        s_part_len[0] = s_len;
-        s_part[1] = nullptr;
-        s_part_len[1] = 0;
-      } else {
-        const uint64_t e = s_len / wsize;
-        float* w = reinterpret_cast<float*>(work + s_off);
-        if (s < n - 1) {  // reduce-scatter: this hop's partial sum
-          quantize_chunk(w, e, ch.qsend.data() + kQParams, ch.qsend.data());
-          s_part[0] = ch.qsend.data();
-          s_part_len[0] = kQParams + e;
-          s_part[1] = nullptr;
-          s_part_len[1] = 0;
-        } else {  // all-gather: the segment's one quantization, forwarded as is
-          uint8_t* prm = qparams(k, j);
-          uint8_t* codes = ch.qcodes.data() + s_off / wsize;
-          if (s == n - 1) {  // the owner: quantize once, keep what everyone gets
-            quantize_chunk(w, e, codes, prm);
-            dequantize_chunk(prm, codes, e, w, false);
-          }
-          s_part[0] = prm;
-          s_part_len[0] = kQParams;
-          s_part[1] = codes;
-          s_part_len[1] = e;
+
+  // Prepares the frame of chunk o.next (its payload quantized when it must be).
+  auto start_send = [&](size_t q) {
+    Outgoing& o = sends[q];
+    const uint64_t s = o.next / C, j = o.next % C;
+    const uint32_t k = send_seg(s);
+    uint64_t off = 0, len = 0;
+    chunk_range(k, j, &off, &len);
+    o.part[1] = nullptr;
+    o.part_len[1] = 0;
+    if (!quant) {
+      o.part[0] = (s == 0 ? own : work) + off;
+      o.part_len[0] = len;
+    } else {
+      const uint64_t e = len / wsize;
+      float* w = reinterpret_cast<float*>(work + off);
+      if (s < n - 1) {  // reduce-scatter: this hop's partial sum
+        uint8_t* buf = ch.qsend[q].data();
+        quantize_chunk(a.quant, reinterpret_cast<const float*>((s == 0 ? own : work) + off), e,
+                       buf + kQParams, buf);
+        o.part[0] = buf;
+        o.part_len[0] = kQParams + e;
+      } else {  // all-gather: the segment's one quantization, forwarded as is
+        uint8_t* prm = qparams(k, j);
+        uint8_t* codes = ch.qcodes.data() + off / wsize;
+        if (s == n - 1) {  // the owner: quantize once, keep what everyone gets
+          quantize_chunk(a.quant, w, e, codes, prm);
+          dequantize_chunk(a.quant, prm, codes, e, w, nullptr);
         }
+        o.part[0] = prm;
+        o.part_len[0] = kQParams;
+        o.part[1] = codes;
+        o.part_len[1] = e;
       }
-      const uint64_t plen = s_part_len[0] + s_part_len[1];
-      put_header(shdr, version_, kData, uint32_t(kDataSubHeader + plen));
-      put_le(shdr + kHeaderSize, seq, 8);
-      put_le(shdr + kHeaderSize + 8, a.tag, 4);
-      put_le(shdr + kHeaderSize + 12, s, 4);
-      put_le(shdr + kHeaderSize + 16, j, 4);
-      put_le(shdr + kHeaderSize + 20, uint8_t(a.quant), 4);
-      s_done = 0;
-      s_active = true;
     }
-    pollfd fds[2] = {{ch.send_fd, short(s_active ? POLLOUT : 0), 0},
-                     {ch.recv_fd, short(recvd < total ? POLLIN : 0), 0}};
-    int pr = ::poll(fds, 2, ms_until(deadline, kPollSliceMs));
+    const uint64_t plen = o.part_len[0] + o.part_len[1];
+    put_header(o.hdr, version_, kData, uint32_t(kDataSubHeader + plen));
+    put_le(o.hdr + kHeaderSize, seq, 8);
+    put_le(o.hdr + kHeaderSize + 8, a.tag, 4);
+    put_le(o.hdr + kHeaderSize + 12, s, 4);
+    put_le(o.hdr + kHeaderSize + 16, j, 4);
+    put_le(o.hdr + kHeaderSize + 20, uint8_t(a.quant), 4);
+    o.done = 0;
+    o.active = true;
+  };
+
+  auto can_start = [&](size_t q) {
+    const Outgoing& o = sends[q];
+    return !o.active && o.next < total &&
+           (o.next < C || arrived[o.next - C].load(std::memory_order_acquire));
+  };
+  // One sendmsg on stream q; false (and `err`) if the connection failed.
+  auto send_some = [&](size_t q, std::string* err) {
+    Outgoing& o = sends[q];
+    iovec iov[3];
+    int niov = 0;
+    const uint8_t* pieces[3] = {o.hdr, o.part[0], o.part[1]};
+    const uint64_t piece_len[3] = {sizeof o.hdr, o.part_len[0], o.part_len[1]};
+    uint64_t pos = o.done, frame_len = 0;
+    for (int p = 0; p < 3; ++p) {
+      frame_len += piece_len[p];
+      if (pos < piece_len[p]) {
+        iov[niov++] = {const_cast<uint8_t*>(pieces[p]) + pos, size_t(piece_len[p] - pos)};
+        pos = 0;
+      } else {
+        pos -= piece_len[p];
+      }
+    }
+    msghdr mh{};
+    mh.msg_iov = iov;
+    mh.msg_iovlen = size_t(niov);
+    ssize_t k = ::sendmsg(ch.send_fds[q], &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+      *err = std::string("sending to the right neighbour: ") + std::strerror(errno);
+      return false;
+    }
+    if (k > 0) {
+      o.done += uint64_t(k);
+      bytes_sent += uint64_t(k);
+    }
+    if (o.done == frame_len) {
+      o.active = false;
+      o.next += ns;
+      ++sent;
+    }
+    return true;
+  };
+  const bool threaded = count * wsize >= a.send_thread_bytes;
+  enum { kSending, kSent, kSendFailed } send_state = kSending;
+  std::string send_error;
+  // Declared after everything the sender uses, so it is joined first.
+  struct JoinAtExit {
+    std::function<void()> f;
+    ~JoinAtExit() { f(); }
+  } join_at_exit{stop_sender};
+  if (threaded) {
+    sender = std::thread([&] {
+      std::vector<pollfd> sfds(ns);
+      std::string err;
+      auto finish = [&](decltype(send_state) st) {
+        std::lock_guard<std::mutex> lock(sender_mu);
+        send_state = st;
+        send_error = err;
+        sender_cv.notify_all();
+      };
+      for (;;) {
+        bool any = false;
+        for (size_t q = 0; q < ns; ++q) {
+          if (can_start(q)) start_send(q);
+          sfds[q] = {ch.send_fds[q], short(sends[q].active ? POLLOUT : 0), 0};
+          any |= sends[q].active;
+        }
+        if (sent == total) return finish(kSent);
+        if (!any) {  // every stream waits for a chunk to arrive
+          std::unique_lock<std::mutex> lock(sender_mu);
+          sender_cv.wait_for(lock, std::chrono::milliseconds(kPollSliceMs), [&] {
+            if (sender_stop) return true;
+            for (size_t q = 0; q < ns; ++q)
+              if (can_start(q)) return true;
+            return false;
+          });
+          if (sender_stop) return;
+          continue;
+        }
+        {
+          std::lock_guard<std::mutex> lock(sender_mu);
+          if (sender_stop) return;
+        }
+        int pr = ::poll(sfds.data(), nfds_t(ns), kPollSliceMs);
+        if (pr < 0 && errno != EINTR) {
+          err = std::string("poll: ") + std::strerror(errno);
+          return finish(kSendFailed);
+        }
+        for (size_t q = 0; q < ns; ++q)
+          if (sends[q].active && (sfds[q].revents & (POLLOUT | POLLERR | POLLHUP)) &&
+              !send_some(q, &err))
+            return finish(kSendFailed);
+      }
+    });
+  }
+  auto sending = [&] {
+    if (!threaded) return sent < total;
+    std::lock_guard<std::mutex> lock(sender_mu);
+    return send_state == kSending;
+  };
+
+  while (recvd < total || sending()) {
+    for (size_t q = 0; q < ns; ++q) {
+      if (!threaded && can_start(q)) start_send(q);
+      fds[q] = {threaded ? -1 : ch.send_fds[q], short(!threaded && sends[q].active ? POLLOUT : 0),
+                0};
+    }
+    for (size_t q = 0; q < nr; ++q)
+      fds[ns + q] = {ch.recv_fds[q], short(recvs[q].next < total ? POLLIN : 0), 0};
+    int pr = 0;
+    if (threaded && recvd == total) {  // all in: wait for the sender
+      std::unique_lock<std::mutex> lock(sender_mu);
+      sender_cv.wait_for(lock, std::chrono::milliseconds(kPollSliceMs),
+                         [&] { return send_state != kSending; });
+    } else {
+      pr = ::poll(fds.data(), nfds_t(fds.size()), ms_until(deadline, kPollSliceMs));
+    }
+    if (threaded) {
+      std::string why;
+      {
+        std::lock_guard<std::mutex> lock(sender_mu);
+        if (send_state == kSendFailed) why = send_error;
+      }
+      if (!why.empty()) return peer_failure(ch.right_id, why);
+    }
     if (pr < 0 && errno != EINTR)
       return peer_failure(ch.left_id, std::string("poll: ") + std::strerror(errno));
     auto now = Clock::now();
@@ -811,64 +1173,37 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
                             "the operation's deadline passed (a peer is frozen or cut off?)");
       if (pr <= 0) continue;
     }
-    if (s_active && (fds[0].revents & (POLLOUT | POLLERR | POLLHUP))) {
-      const size_t hl = sizeof shdr;
-      iovec iov[3];
-      int niov = 0;
-      const uint8_t* pieces[3] = {shdr, s_part[0], s_part[1]};
-      const uint64_t piece_len[3] = {hl, s_part_len[0], s_part_len[1]};
-      uint64_t pos = s_done, frame_len = 0;
-      for (int q = 0; q < 3; ++q) {
-        frame_len += piece_len[q];
-        if (pos < piece_len[q]) {
-          iov[niov++] = {const_cast<uint8_t*>(pieces[q]) + pos, size_t(piece_len[q] - pos)};
-          pos = 0;
-        } else {
-          pos -= piece_len[q];
-        }
-      }
-      msghdr mh{};
-      mh.msg_iov = iov;
-      mh.msg_iovlen = size_t(niov);
-      ssize_t k = ::sendmsg(ch.send_fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-      if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-        return peer_failure(ch.right_id, std::string("sending to the right neighbour: ") +
-                                             std::strerror(errno));
-      if (k > 0) {
-        s_done += uint64_t(k);
-        bytes_sent += uint64_t(k);
-      }
-      if (s_done == frame_len) {
-        s_active = false;
-        ++sent;
-      }
-    }
-    if (recvd < total && (fds[1].revents & (POLLIN | POLLERR | POLLHUP))) {
-      uint64_t s = recvd / C, j = recvd % C;
+    std::string err;
+    for (size_t q = 0; q < ns && !threaded; ++q)
+      if (sends[q].active && (fds[q].revents & (POLLOUT | POLLERR | POLLHUP)) &&
+          !send_some(q, &err))
+        return peer_failure(ch.right_id, err);
+    for (size_t q = 0; q < nr; ++q) {
+      Incoming& r = recvs[q];
+      if (r.next >= total || !(fds[ns + q].revents & (POLLIN | POLLERR | POLLHUP))) continue;
+      const uint64_t s = r.next / C, j = r.next % C;
+      const uint32_t seg = recv_seg(s);
       ssize_t k;
-      if (r_hgot < sizeof rhdr) {
-        k = ::recv(ch.recv_fd, rhdr + r_hgot, sizeof rhdr - r_hgot, MSG_DONTWAIT);
-      } else {
-        k = ::recv(ch.recv_fd, r_dst + r_got, size_t(r_plen - r_got), MSG_DONTWAIT);
-      }
-      if (k == 0)
-        return peer_failure(ch.left_id, "the left neighbour closed the connection");
+      if (r.hgot < sizeof r.hdr)
+        k = ::recv(ch.recv_fds[q], r.hdr + r.hgot, sizeof r.hdr - r.hgot, MSG_DONTWAIT);
+      else
+        k = ::recv(ch.recv_fds[q], r.dst + r.got, size_t(r.plen - r.got), MSG_DONTWAIT);
+      if (k == 0) return peer_failure(ch.left_id, "the left neighbour closed the connection");
       if (k < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
           return peer_failure(ch.left_id, std::string("receiving from the left neighbour: ") +
                                               std::strerror(errno));
         k = 0;
       }
-      if (r_hgot < sizeof rhdr) {
-        r_hgot += size_t(k);
-        if (r_hgot == sizeof rhdr) {
+      if (r.hgot < sizeof r.hdr) {
+        r.hgot += size_t(k);
+        if (r.hgot == sizeof r.hdr) {
           Header h;
-          if (decode_data_header(rhdr, kHeaderSize, version_, &h) != PYHPC_OK)
+          if (decode_data_header(r.hdr, kHeaderSize, version_, &h) != PYHPC_OK)
             return abort(PYHPC_ERR_PROTOCOL);
-          uint32_t seg = recv_seg(s);
-          chunk_range(seg, j, &r_off, &r_len);
-          const uint64_t plen = quant ? kQParams + r_len / wsize : r_len;
-          const uint8_t* sh = rhdr + kHeaderSize;
+          chunk_range(seg, j, &r.off, &r.len);
+          const uint64_t plen = quant ? kQParams + r.len / wsize : r.len;
+          const uint8_t* sh = r.hdr + kHeaderSize;
           if (h.type != kData || h.length != kDataSubHeader + plen || get_le(sh, 8) != seq ||
               get_le(sh + 8, 4) != a.tag || get_le(sh + 12, 4) != s ||
               get_le(sh + 16, 4) != j || get_le(sh + 20, 4) != uint8_t(a.quant))
@@ -879,36 +1214,54 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
                                     static_cast<unsigned long long>(seq),
                                     static_cast<unsigned long long>(s),
                                     static_cast<unsigned long long>(j)));
-          r_dst = quant ? ch.qstage.data() : s < n - 1 ? ch.stage.data() : work + r_off;
-          r_got = 0;
-          r_plen = plen;
+          r.dst = quant ? ch.qstage[q].data() : s < n - 1 ? ch.stage[q].data() : work + r.off;
+          r.got = 0;
+          r.plen = plen;
         }
       } else {
-        r_got += uint64_t(k);
+        r.got += uint64_t(k);
       }
-      if (r_hgot == sizeof rhdr && r_got == r_plen) {
-        if (quant) {
-          const uint64_t e = r_len / wsize;
-          const uint8_t* prm = ch.qstage.data();
-          const uint8_t* codes = prm + kQParams;
-          float* w = reinterpret_cast<float*>(work + r_off);
-          if (s < n - 1) {
-            dequantize_chunk(prm, codes, e, w, true);
-          } else {  // keep the exact bytes to forward, and use them
-            std::memcpy(qparams(recv_seg(s), j), prm, kQParams);
-            if (e) std::memcpy(ch.qcodes.data() + r_off / wsize, codes, e);
-            dequantize_chunk(prm, codes, e, w, false);
-          }
-        } else if (s < n - 1) {
-          reduce_work(a.dtype, work + r_off, ch.stage.data(), size_t(r_len / wsize), a.op);
+      if (r.hgot < sizeof r.hdr || r.got < r.plen) continue;
+      if (quant) {
+        const uint64_t e = r.len / wsize;
+        const uint8_t* prm = ch.qstage[q].data();
+        const uint8_t* codes = prm + kQParams;
+        if (!valid_qparams(a.quant, prm))
+          return abort(PYHPC_FAIL(PYHPC_ERR_PROTOCOL,
+                                  "data plane: invalid quantization parameters in op %llu step "
+                                  "%llu chunk %llu",
+                                  static_cast<unsigned long long>(seq),
+                                  static_cast<unsigned long long>(s),
+                                  static_cast<unsigned long long>(j)));
+        float* w = reinterpret_cast<float*>(work + r.off);
+        if (s < n - 1) {
+          dequantize_chunk(a.quant, prm, codes, e, w,
+                           reinterpret_cast<const float*>(own + r.off));
+        } else {  // keep the exact bytes to forward, and use them
+          std::memcpy(qparams(seg, j), prm, kQParams);
+          if (e) std::memcpy(ch.qcodes.data() + r.off / wsize, codes, e);
+          dequantize_chunk(a.quant, prm, codes, e, w, nullptr);
         }
-        ++recvd;
-        r_hgot = 0;
-        if (a.test_chunk_delay_s > 0)
-          std::this_thread::sleep_for(std::chrono::duration<double>(a.test_chunk_delay_s));
+      } else if (s < n - 1) {
+        reduce_work(a.dtype, work + r.off, ch.stage[q].data(), own + r.off,
+                    size_t(r.len / wsize), a.op);
       }
+      if (threaded) {
+        std::lock_guard<std::mutex> lock(sender_mu);
+        arrived[r.next].store(1, std::memory_order_release);
+      } else {
+        arrived[r.next].store(1, std::memory_order_release);
+      }
+      if (threaded) sender_cv.notify_all();
+      r.next += nr;
+      ++recvd;
+      r.hgot = 0;
+      if (a.test_chunk_delay_s > 0)
+        std::this_thread::sleep_for(std::chrono::duration<double>(a.test_chunk_delay_s));
     }
   }
+  stop_sender();  // it has finished (or failed): joins it
+  if (send_state == kSendFailed) return peer_failure(ch.right_id, send_error);
   // Every chunk arrived: the commit round. Only on COMMIT does the caller's
   // buffer change.
   if (a.test_exit_at == 1) ::_exit(3);

@@ -3,16 +3,22 @@
 //
 // Every peer listens on a TCP port (advertised to the master in AUTH and
 // forwarded to everyone in TOPOLOGY). An all-reduce with tag T in topology
-// epoch E uses one channel: a connection to the right neighbour (rank+1) for
-// sending and one from the left neighbour (rank-1) for receiving, dialled
-// lazily at the first operation of (E, T). A channel is authenticated with the
-// shared secret in both directions before any data flows:
+// epoch E uses one channel: `connections` streams (TCP connections) to the
+// right neighbour (rank+1) for sending and the left neighbour's streams for
+// receiving, dialled lazily at the first operation of (E, T). Each stream is
+// authenticated with the shared secret in both directions before any data
+// flows, and says which stream of how many it is:
 //
 //   acceptor -> dialer  DATA_CHALLENGE  nonce[32]
 //   dialer -> acceptor  DATA_HELLO      client_nonce[32] mac[32] u64 from_id u64 epoch u32 tag
-//                                       u8 kind (0: ring; 1: shared-state fetch, state.cpp)
+//                                       u8 kind u32 stream u32 streams
 //                       mac = HMAC(secret, "pccl-data" || nonce || client_nonce || from_id
-//                                  || epoch || tag || kind)   (integers little-endian)
+//                                  || epoch || tag || kind || stream || streams)
+//                                  (integers little-endian; kind 0: ring, 1: shared-state
+//                                  fetch (state.cpp), 2: topology probe (topology.cpp))
+//                       (refused unless 1 <= streams <= kMaxConnections and stream < streams;
+//                       a ring channel's receiver takes the count from stream 0 and all
+//                       must agree; the other kinds use stream 0 of 1)
 //   acceptor -> dialer  DATA_OK         proof[32] = HMAC(secret, "pccl-data-ok" || client_nonce
 //                                                        || nonce)
 //
@@ -26,15 +32,20 @@
 //   OP    u64 epoch u64 seq u32 tag u32 origin_rank u8 dtype u8 op u64 count
 //         u8 quantize u8 nonfinite
 //   DATA  u64 seq u32 tag u32 step u32 chunk u32 quantize, then the chunk's bytes
-//         (quantize 1: f32 min, f32 scale, then one uint8 code per element)
+//         (quantize 1: f32 min, f32 scale; 2: f32 scale, u32 zero point (<= 255);
+//         then one uint8 code per element)
 //
 // One operation: (1) the OP descriptors go round the ring (n-1 steps) so every
 // peer sees every peer's dtype/op/count and all fail alike on a mismatch;
 // (2) 2(n-1) ring steps (reduce-scatter, then all-gather), each segment cut
 // into chunks, a chunk of step s+1 sent as soon as the same chunk of step s
-// arrived (pipelined). The reduction runs into a private work buffer (float32
-// for 16-bit floats). (3) The commit round (master.hpp): with all its chunks
-// in, a peer votes YES to the master and writes the caller's output only on
+// arrived (pipelined). Chunk i of the schedule travels on stream
+// i mod streams, so each stream carries its chunks in order and the reduction
+// order does not depend on the stream count. Operations of at least
+// send_thread_bytes send from a second thread while the calling one receives.
+// The reduction runs into a private work buffer (float32 for 16-bit floats);
+// other inputs are read in place. (3) The commit round (master.hpp): with all
+// its chunks in, a peer votes YES to the master and writes the caller's output only on
 // its COMMIT; on ABORT (a member died or froze before its YES, or aborted)
 // input and output stay untouched. So every survivor applies the operation or
 // none does. A peer told mid-ring that a member died asks the master (QUERY):
@@ -44,11 +55,14 @@
 // Segment k is reduced in one fixed order (peer k first, then k+1, ...) by one
 // peer and then copied to all: every peer ends bit-identical.
 //
-// Quantized (min-max uint8, float16/bfloat16/float32/float64 in, sum/avg): the
-// work buffer is float32. In the reduce-scatter every chunk travels as
-// (min, scale = (max - min) / 255, codes = round((v - min) / scale) clamped to
-// 0..255); the receiver adds the dequantized values min + scale * code to its
-// own in float32 and re-quantizes for the next hop. The owner of a segment
+// Quantized (min-max uint8 or zero-point uint8, float16/bfloat16/float32/
+// float64 in, sum/avg): the work buffer is float32. In the reduce-scatter every
+// chunk travels as 8 bytes of parameters and one code per element (minmax:
+// min, scale = (max - min) / 255, code = round((v - min) / scale); zeropoint:
+// scale = range / 255 over the range widened to hold 0, zero point z, code =
+// clamp(round(v / scale) + z, 0, 255), value = scale * (code - z)); the
+// receiver adds the dequantized values to its own in float32 and re-quantizes
+// for the next hop. The owner of a segment
 // quantizes its fully reduced chunks once, replaces its own values by their
 // dequantization, and that exact payload goes round the all-gather: every peer
 // dequantizes the same bytes with the same function, so all are bit-identical.
@@ -77,7 +91,7 @@ namespace pyhpc::ccl {
 
 enum class DType : uint8_t { kF16 = 1, kBF16 = 2, kF32 = 3, kF64 = 4, kI32 = 5, kI64 = 6 };
 enum class ReduceOp : uint8_t { kSum = 1, kAvg = 2, kMin = 3, kMax = 4 };
-enum class Quant : uint8_t { kNone = 0, kMinMaxU8 = 1 };
+enum class Quant : uint8_t { kNone = 0, kMinMaxU8 = 1, kZeroPointU8 = 2 };
 
 size_t dtype_size(DType t);
 
@@ -91,6 +105,10 @@ struct AllReduceArgs {
   uint32_t tag = 0;
   double timeout_s = 30.0;
   size_t chunk_bytes = size_t(1) << 19;
+  // Operations whose work buffer has at least this many bytes send from a
+  // second thread (sends and receives overlap; the thread's start costs more
+  // than it gains below ~16 MiB on loopback).
+  size_t send_thread_bytes = size_t(16) << 20;
   double test_chunk_delay_s = 0;  // tests: sleep after each chunk received
   int test_exit_at = 0;  // tests: _exit(3) the process 1: right before its YES vote, 2: right after
   // out (optional): bytes of DATA frames (headers included) this peer sent in
@@ -145,8 +163,10 @@ class DataPlane {
   DataPlane(const DataPlane&) = delete;
   DataPlane& operator=(const DataPlane&) = delete;
 
+  // `connections`: TCP streams to the right neighbour per channel (1..
+  // kMaxConnections); the left neighbour's own setting decides its streams.
   pyhpc_status start(const std::string& host, const std::string& secret,
-                     uint16_t version = kProtocolVersion);
+                     uint16_t version = kProtocolVersion, uint32_t connections = 1);
   void stop();
   uint16_t port() const { return port_; }
 
@@ -173,16 +193,23 @@ class DataPlane {
 
  private:
   struct Channel;
-  using Key = std::tuple<uint64_t, uint64_t, uint8_t, uint32_t>;  // from_id, epoch, kind, tag
+  // from_id, epoch, kind, tag, stream
+  using Key = std::tuple<uint64_t, uint64_t, uint8_t, uint32_t, uint32_t>;
+  struct Pending {
+    int fd;
+    uint32_t streams;  // how many streams the dialer opens on this link
+  };
   void accept_loop();
   void handshake(int fd);
   Channel* channel(uint32_t tag);
-  // Dials `to` and runs the channel handshake for (epoch, kind, tag): a
+  // Dials `to` and runs the channel handshake for (epoch, kind, tag), as stream
+  // `stream` of `streams` (ring channels only open more than one): a
   // connected, authenticated, blocking socket in *fd. PYHPC_ERR_PEER when `to`
   // cannot be reached, PROTOCOL or AUTH when it answers wrongly.
   pyhpc_status dial(Peer& peer, const Topology& t, const PeerInfo& to, ChannelKind kind,
-                    uint32_t tag, Clock::time_point deadline, int* fd);
-  // An accepted connection from `from` for (epoch, kind, tag) if one came, else -1.
+                    uint32_t tag, Clock::time_point deadline, int* fd, uint32_t stream = 0,
+                    uint32_t streams = 1);
+  // An accepted connection (stream 0) from `from` for (epoch, kind, tag) if one came, else -1.
   int claim(uint64_t from, uint64_t epoch, ChannelKind kind, uint32_t tag);
   // Every accepted connection for (epoch, kind, tag), whoever dialled.
   std::vector<std::pair<uint64_t, int>> claim_all(uint64_t epoch, ChannelKind kind, uint32_t tag);
@@ -201,7 +228,8 @@ class DataPlane {
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;
-  std::map<Key, int> pending_;  // authenticated incoming connections not yet claimed
+  uint32_t connections_ = 1;
+  std::map<Key, Pending> pending_;  // authenticated incoming connections not yet claimed
   std::map<uint32_t, std::unique_ptr<Channel>> channels_;
   std::mutex sync_mu_;  // one state sync at a time
   uint64_t sync_epoch_ = 0, sync_seq_ = 0;

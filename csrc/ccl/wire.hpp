@@ -86,8 +86,9 @@ namespace pyhpc::ccl {
 constexpr uint32_t kMagic = 0x4C434350u;
 // 2: VOTE/VERDICT (commit round); 3: quantize in OP descriptors; 4: shared-state sync
 // (SYNC_* frames, STATE_* data frames, a channel kind in DATA_HELLO); 5: topology
-// optimization (TOPO_* frames, PROBE_* data frames, channel kind "probe")
-constexpr uint16_t kProtocolVersion = 5;
+// optimization (TOPO_* frames, PROBE_* data frames, channel kind "probe"); 6: stream
+// index and count in DATA_HELLO (several connections per neighbour), zeropoint_uint8.
+constexpr uint16_t kProtocolVersion = 6;
 constexpr size_t kHeaderSize = 12;
 constexpr size_t kNonceSize = 32;
 constexpr size_t kMaxHost = 255;

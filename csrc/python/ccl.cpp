@@ -413,9 +413,13 @@ PYBIND11_MODULE(_ccl, m) {
 
   py::class_<DataPlane>(m, "DataPlane")
       .def(py::init<>())
-      .def("start", [](DataPlane& self, const std::string& host, py::bytes secret,
-                       uint16_t version) { pyhpc::check(self.start(host, secret, version)); },
-           py::arg("host"), py::arg("secret"), py::arg("protocol_version") = kProtocolVersion)
+      .def("start",
+           [](DataPlane& self, const std::string& host, py::bytes secret, uint16_t version,
+              uint32_t connections) {
+             pyhpc::check(self.start(host, secret, version, connections));
+           },
+           py::arg("host"), py::arg("secret"), py::arg("protocol_version") = kProtocolVersion,
+           py::arg("connections") = 1)
       .def("stop", [](DataPlane& self) {
         py::gil_scoped_release release;
         self.stop();
@@ -427,10 +431,11 @@ PYBIND11_MODULE(_ccl, m) {
       .def("all_reduce",
            [](DataPlane& self, Peer& peer, uintptr_t in, uintptr_t out, uint64_t count,
               int dtype, int op, uint32_t tag, double timeout, size_t chunk_bytes,
-              double test_chunk_delay, int test_exit_at, int quantize) {
-             if (dtype < 1 || dtype > 6 || op < 1 || op > 4 || quantize < 0 || quantize > 1)
-               pyhpc::raise_status(
-                   PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "bad dtype %d or op %d", dtype, op));
+              double test_chunk_delay, int test_exit_at, int quantize, size_t send_thread_bytes) {
+             if (dtype < 1 || dtype > 6 || op < 1 || op > 4 || quantize < 0 || quantize > 2)
+               pyhpc::raise_status(PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT,
+                                              "bad dtype %d, op %d or quantize %d", dtype, op,
+                                              quantize));
              AllReduceArgs a;
              a.in = reinterpret_cast<const void*>(in);
              a.out = reinterpret_cast<void*>(out);
@@ -440,6 +445,7 @@ PYBIND11_MODULE(_ccl, m) {
              a.tag = tag;
              a.timeout_s = timeout;
              a.chunk_bytes = chunk_bytes;
+             a.send_thread_bytes = send_thread_bytes;
              a.test_chunk_delay_s = test_chunk_delay;
              a.test_exit_at = test_exit_at;
              a.quant = static_cast<Quant>(quantize);
@@ -462,7 +468,7 @@ PYBIND11_MODULE(_ccl, m) {
            py::arg("peer"), py::arg("inp"), py::arg("out"), py::arg("count"), py::arg("dtype"),
            py::arg("op"), py::arg("tag"), py::arg("timeout"), py::arg("chunk_bytes"),
            py::arg("test_chunk_delay") = 0.0, py::arg("test_exit_at") = 0,
-           py::arg("quantize") = 0)
+           py::arg("quantize") = 0, py::arg("send_thread_bytes") = size_t(16) << 20)
       // tensors: [(name bytes, dtype, itemsize, shape, nbytes, data pointer)], names sorted.
       // Returns ([], "", result dict) on success, (failed peer ids, message, None) on a
       // peer failure; raises for anything else. The caller keeps the arrays alive.

@@ -70,12 +70,14 @@ DEFAULT_HANDSHAKE_TIMEOUT = 2.0
 DEFAULT_UPDATE_TIMEOUT = 60.0
 DEFAULT_OP_TIMEOUT = 30.0
 DEFAULT_CHUNK_BYTES = 1 << 19
+DEFAULT_SEND_THREAD_BYTES = 16 << 20  # ops this large send from a second thread
 _MAX_TAG = 2**32 - 1
 # Tests only: the process _exit()s right before / right after its YES vote in the commit round.
 _EXIT_AT = {None: 0, "before_vote": 1, "after_vote": 2}
 
 _OPS = {"sum": 1, "avg": 2, "min": 3, "max": 4}
-_QUANTIZE = {None: 0, "minmax_uint8": 1}
+_QUANTIZE = {None: 0, "minmax_uint8": 1, "zeropoint_uint8": 2}
+MAX_CONNECTIONS = 16
 _DTYPES = {np.dtype(np.float16): 1, np.dtype(np.float32): 3, np.dtype(np.float64): 4,
            np.dtype(np.int32): 5, np.dtype(np.int64): 6}
 try:  # bfloat16 is optional
@@ -318,6 +320,10 @@ class Communicator:
 
     ``master`` is ``"host:port"`` or a :class:`Master`; ``None`` starts a master
     in this process (``self.master``; its secret is ``secret`` or a random one).
+    ``connections`` (1..16, default 1): TCP connections this peer opens to its
+    right neighbour per all-reduce channel, each authenticated; every ring
+    step's chunks are striped over them. Peers may differ (a receiver follows
+    its left neighbour's count); results are the same bits for any count.
     """
 
     def __init__(self, master: str | Master | None = None, secret: Secret | None = None, *,
@@ -326,6 +332,7 @@ class Communicator:
                  heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
                  update_timeout: float = DEFAULT_UPDATE_TIMEOUT,
                  advertise_host: str = "", advertise_port: int = 0,
+                 connections: int = 1,
                  _protocol_version: int = PROTOCOL_VERSION) -> None:
         self.master: Optional[Master] = None
         if master is None:
@@ -341,6 +348,13 @@ class Communicator:
             self._secret = _secret_bytes(secret, "Communicator")
         if heartbeat_interval <= 0 or connect_timeout <= 0 or update_timeout <= 0:
             raise InvalidArgumentError("intervals and timeouts must be > 0")
+        if (not isinstance(connections, (int, np.integer)) or isinstance(connections, bool)
+                or not 1 <= int(connections) <= MAX_CONNECTIONS):
+            raise InvalidArgumentError(f"Communicator: connections must be an int in "
+                                       f"1..{MAX_CONNECTIONS}, got {connections!r}")
+        #: TCP connections to the right neighbour per all-reduce channel; each
+        #: step's chunks are striped over them (chunk i on connection i mod N).
+        self.connections = int(connections)
         self._connect_timeout = float(connect_timeout)
         self._heartbeat_interval = float(heartbeat_interval)
         self.update_timeout = float(update_timeout)
@@ -373,7 +387,7 @@ class Communicator:
             listen = "127.0.0.1" if self._host != "::1" else "::1"
         else:
             listen = "0.0.0.0"
-        self._data.start(listen, self._secret, self._version)
+        self._data.start(listen, self._secret, self._version, self.connections)
         self._impl.connect(self._host, self._port, self._secret, self._connect_timeout,
                            self._heartbeat_interval, host, port or self._data.port,
                            self._version)
@@ -451,7 +465,8 @@ class Communicator:
 
     def all_reduce(self, array, op: str = "sum", out=None, tag: int = 0,
                    timeout: float | None = None, quantize: str | None = None, *, _chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                   _chunk_delay: float = 0.0, _exit_at: str | None = None):
+                   _chunk_delay: float = 0.0, _exit_at: str | None = None,
+                   _send_thread_bytes: int = DEFAULT_SEND_THREAD_BYTES):
         """Reduce ``array`` over every member (blocking); returns the result.
 
         op: "sum", "avg" (sum / world size; floor division for integers), "min",
@@ -475,19 +490,25 @@ class Communicator:
         different threads; the ones with one tag run in the order called, which
         must be the same on every peer.
 
-        ``quantize="minmax_uint8"`` (float16, bfloat16, float32, float64 with
-        op sum or avg): every chunk travels as uint8 codes plus its float32
-        (min, scale = (max - min) / 255), about 4x fewer bytes than float32.
-        Partial sums are re-quantized at each hop of the reduce-scatter and
-        accumulated in float32; each reduced segment is quantized once and
-        those exact bytes are what every peer (its owner included) dequantizes,
-        so all peers stay bit-identical. Error per element: at most the sum of
-        scale/2 over the n quantizations it went through (n - 1 hops and the
-        all-gather; divided by n for avg), plus float32 rounding. The setting
-        must match on every peer (InvalidArgumentError on all otherwise); NaN
-        or inf in any peer's input (or float64 beyond float32's range) makes
-        every peer raise InvalidArgumentError; a float32 overflow of a partial
-        sum makes that chunk NaN on every peer. A single peer returns its input.
+        ``quantize="minmax_uint8"`` or ``"zeropoint_uint8"`` (float16,
+        bfloat16, float32, float64 with op sum or avg): every chunk travels as
+        uint8 codes plus 8 bytes of parameters, about 4x fewer bytes than
+        float32. minmax_uint8: (min, scale = (max - min) / 255), value = min +
+        scale * code. zeropoint_uint8 (asymmetric affine, as int8 schemes do):
+        the range widened to hold 0, scale = range / 255, an integer zero point
+        z, code = clamp(round(x / scale) + z, 0, 255), value = scale * (code -
+        z), so 0 is exact. Partial sums are re-quantized at each hop of the
+        reduce-scatter and accumulated in float32; each reduced segment is
+        quantized once and those exact bytes are what every peer (its owner
+        included) dequantizes, so all peers stay bit-identical. Error per
+        element: at most the sum of scale/2 over the n quantizations it went
+        through (n - 1 hops and the all-gather; divided by n for avg), plus
+        float32 rounding. The setting must match on every peer
+        (InvalidArgumentError on all otherwise); NaN or inf in any peer's input
+        (or float64 beyond float32's range) makes every peer raise
+        InvalidArgumentError; a float32 overflow of a partial sum makes that
+        chunk NaN on every peer. minmax_uint8 returns constant arrays exactly;
+        zeropoint_uint8 returns zeros exactly. A single peer returns its input.
         :attr:`last_bytes_sent` counts the bytes this peer sent.
         """
         if not self._connected or not self._impl.admitted:
@@ -518,11 +539,11 @@ class Communicator:
         if timeout <= 0:
             raise InvalidArgumentError("all_reduce: timeout must be > 0")
         if quantize not in _QUANTIZE:
-            raise InvalidArgumentError(f"all_reduce: quantize must be None or 'minmax_uint8', "
-                                       f"got {quantize!r}")
+            raise InvalidArgumentError(f"all_reduce: quantize must be None, 'minmax_uint8' or "
+                                       f"'zeropoint_uint8', got {quantize!r}")
         if quantize is not None and (array.dtype.kind != "f" and array.dtype.name != "bfloat16"
                                      or op not in ("sum", "avg")):
-            raise InvalidArgumentError("all_reduce: quantize='minmax_uint8' takes float16, "
+            raise InvalidArgumentError(f"all_reduce: quantize={quantize!r} takes float16, "
                                        "bfloat16, float32 or float64 with op 'sum' or 'avg'")
         if _exit_at not in _EXIT_AT:
             raise InvalidArgumentError(f"all_reduce: _exit_at must be one of {sorted(_EXIT_AT, key=str)}")
@@ -531,7 +552,7 @@ class Communicator:
         failed, why, nbytes = self._data.all_reduce(
             self._impl, array.ctypes.data, out.ctypes.data, array.size, code, _OPS[op],
             int(tag), timeout, int(_chunk_bytes), float(_chunk_delay), _EXIT_AT[_exit_at],
-            _QUANTIZE[quantize])
+            _QUANTIZE[quantize], int(_send_thread_bytes))
         self.last_bytes_sent = int(nbytes)
         if failed:
             raise PeerFailure(f"all_reduce: peer(s) {', '.join(map(str, failed))} failed ({why}); "
