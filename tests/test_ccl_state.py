@@ -392,6 +392,32 @@ def test_new_joiner_receives_everything(world):
     assert all(r["digests"] == expected(spec) for r in res)
 
 
+def test_joiners_cannot_outvote_the_members_that_hold_the_state(world):
+    """One member that has synced (it holds the run's state) and two fresh peers
+    admitted at once, all holding other content: the member's content wins, though
+    the joiners are the majority. Only peers that took part in a committed sync vote."""
+    master, peers = world(1)
+    held = state_spec({"w": 1, "m": 2})
+    set_state(peers[0], held)
+    assert sync(peers, [3])[0]["event"] == "synced"
+    joiners = [world.spawn(master), world.spawn(master)]
+    fresh = state_spec({"w": 7, "m": 8})
+    for j in joiners:
+        set_state(j, fresh)
+    everyone = peers + joiners
+    for p in everyone:
+        p.send("grow 3")
+    assert all(p.recv(20)["world"] == 3 for p in everyone)
+    res = sync(everyone, [3, 0, 0])
+    assert all(r["event"] == "synced" and r["revision"] == 3 for r in res), res
+    assert res[0]["received"] == 0 and res[1]["fetched"] == res[2]["fetched"] == ["m", "w"]
+    assert all(r["digests"] == expected(held) for r in res)
+    # Now all three hold it: a later disagreement is decided by all three again.
+    set_state(joiners[1], fresh)
+    res = sync(everyone, [4, 4, 4])
+    assert all(r["digests"] == expected(held) for r in res), res
+
+
 def _has_bf16() -> bool:
     try:
         import ml_dtypes  # noqa: F401

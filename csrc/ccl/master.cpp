@@ -470,6 +470,10 @@ void Master::maybe_complete_update() {
     next.push_back({c->id, c->host, c->port, c, Gone::kNo});
   }
   slots_ = std::move(next);
+  for (auto it = state_holders_.begin(); it != state_holders_.end();)  // the gone hold nothing
+    it = std::any_of(slots_.begin(), slots_.end(), [&](const Slot& s) { return s.id == *it; })
+             ? std::next(it)
+             : state_holders_.erase(it);
   for (const auto& s : slots_) t.peers.push_back({s.id, s.port, s.host});
   // Cap the departed lists (a TOPOLOGY never exceeds its own frame cap).
   if (t.dead.size() > kMaxWorld) t.dead.resize(kMaxWorld);
@@ -630,8 +634,10 @@ void Master::decide_sync(uint64_t seq, Verdict v) {
     ++(v == Verdict::kCommit ? stats_.sync_commits : stats_.sync_aborts);
   }
   // Members that have not reported yet hear the verdict when they do.
-  for (const auto& [id, report] : it->second.reports)
+  for (const auto& [id, report] : it->second.reports) {
     sync_verdict_to(member_client(id), epoch_, seq, v);
+    if (v == Verdict::kCommit) state_holders_.insert(id);
+  }
   syncs_.erase(it);
   if (syncs_decided_.emplace(seq, v).second) {
     syncs_decided_order_.push_back(seq);
@@ -707,15 +713,18 @@ void Master::plan_sync(uint64_t seq, SyncRound& round) {
     decide_sync(seq, Verdict::kAbort);
     return;
   }
-  // Group the members by content: (revision, hashes).
+  // Group the voters by content: (revision, hashes). The voters are the members
+  // that hold the run's state (state_holders_), or every member while none does.
   using Content = std::pair<uint64_t, std::vector<uint64_t>>;
   std::map<Content, std::vector<uint64_t>> groups;
   std::map<uint64_t, Content> content_of;
+  bool any_holder = false;
+  for (const auto& s : slots_) any_holder = any_holder || state_holders_.count(s.id) > 0;
   for (const auto& s : slots_) {
     const Message& rep = round.reports.at(s.id);
     Content k{rep.revision, {}};
     for (const auto& e : rep.tensors) k.second.push_back(e.hash);
-    groups[k].push_back(s.id);
+    if (!any_holder || state_holders_.count(s.id)) groups[k].push_back(s.id);
     content_of[s.id] = k;
   }
   const Content* win = nullptr;

@@ -180,6 +180,10 @@ class Master {
   std::map<uint64_t, SyncRound> syncs_;        // undecided sync rounds of epoch_, by seq
   std::map<uint64_t, Verdict> syncs_decided_;  // decided in epoch_ (bounded; MISMATCH: ABORT)
   std::deque<uint64_t> syncs_decided_order_;
+  // Peers that took part in a committed sync: they hold the run's state. Only
+  // they vote on a sync's winner (everyone, while none does), so peers that
+  // join at once, however many, cannot outvote the members' state.
+  std::set<uint64_t> state_holders_;
   // topology optimization
   std::map<uint64_t, TopoRound> topos_;      // undecided rounds of epoch_, by seq
   std::map<uint64_t, bool> topos_decided_;   // decided in epoch_: seq -> aborted (bounded)

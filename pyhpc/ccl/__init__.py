@@ -579,8 +579,11 @@ class Communicator:
         non-empty str of at most 255 UTF-8 bytes; at most 4096 arrays.
 
         The winner is the content, (revision, every array's :func:`hash_array`),
-        held by the most peers; among equally common contents the higher
-        revision wins, then the one held by the lowest peer id. A peer whose
+        held by the most voters; among equally common contents the higher
+        revision wins, then the one held by the lowest peer id. The voters are
+        the members that took part in a committed sync before (they hold the
+        run's state), or every member while none has: peers that join, however
+        many at once, cannot outvote the state the members hold. A peer whose
         content differs fetches only the arrays whose hash differs from the
         winner's, each straight from one up-to-date peer (spread over them by
         bytes), checks every hash, and only when all arrived and every peer is
