@@ -3,8 +3,17 @@
 // MPI lets any receive with a matching type map accept), and the receiver takes
 // MPI_PACKED bytes into a staging buffer and unpacks what arrived. Everything
 // else, errors included, is the system MPI's, unchanged.
+//
+// Persistent requests (MPI_Send_init / MPI_Recv_init, host buffers) are the
+// system MPI's persistent requests on MPI_PACKED over a staging buffer the
+// interposer keeps until MPI_Request_free: MPI_Start packs the user's buffer
+// afresh (it may have changed since the last start), and each completion of a
+// receive unpacks (completion.cpp). Only the standard mode is served, as for
+// the other calls here: MPI_Bsend/Ssend/Rsend(_init), MPI_Isendrecv(_replace)
+// and device buffers of persistent requests go to the system MPI as they are.
 #include <limits>
 #include <memory>
+#include <vector>
 
 #include "datatype/pack_host.hpp"
 #include "interpose/device_path.hpp"
@@ -50,6 +59,8 @@ using IrecvFn = int (*)(void*, Count, MPI_Datatype, int, int, MPI_Comm, MPI_Requ
 template <class Count>
 using SendrecvFn = int (*)(const void*, Count, MPI_Datatype, int, int, void*, Count, MPI_Datatype,
                            int, int, MPI_Comm, MPI_Status*);
+template <class Count>
+using ReplaceFn = int (*)(void*, Count, MPI_Datatype, int, int, int, int, MPI_Comm, MPI_Status*);
 
 // A failure of the interposer's own (an allocation, a CUDA call) reaches the
 // application the way MPI reports errors: through the communicator's handler.
@@ -183,21 +194,26 @@ int irecv(void* buf, Count count, MPI_Datatype type, int source, int tag, MPI_Co
   return system(buf, count, type, source, tag, comm, request);
 }
 
+// Which sides of a sendrecv pyhpc's engine serves (layouts set for those).
 template <class Count>
-int sendrecv(const void* sendbuf, Count sendcount, MPI_Datatype sendtype, int dest, int sendtag,
-             void* recvbuf, Count recvcount, MPI_Datatype recvtype, int source, int recvtag,
-             MPI_Comm comm, MPI_Status* status, SendrecvFn<Count> system) {
-  dt::Strided sl, rl;
-  const bool pack_send = dest != MPI_PROC_NULL && sendbuf != nullptr &&
-                         pi::engine_layout("pack", sendbuf, nullptr, sendcount, sendtype, comm, &sl) &&
-                         fits<Count>(sl);
-  const bool unpack_recv = source != MPI_PROC_NULL && recvbuf != nullptr &&
-                           pi::engine_layout("unpack", recvbuf, nullptr, recvcount, recvtype, comm, &rl) &&
-                           fits<Count>(rl);
-  pi::count(pi::kSendrecv, pack_send || unpack_recv);
-  if (!pack_send && !unpack_recv)
-    return system(sendbuf, sendcount, sendtype, dest, sendtag, recvbuf, recvcount, recvtype, source,
-                  recvtag, comm, status);
+void sendrecv_sides(const void* sendbuf, Count sendcount, MPI_Datatype sendtype, int dest, void* recvbuf,
+                    Count recvcount, MPI_Datatype recvtype, int source, MPI_Comm comm, bool* pack_send,
+                    dt::Strided* sl, bool* unpack_recv, dt::Strided* rl) {
+  *pack_send = dest != MPI_PROC_NULL && sendbuf != nullptr &&
+               pi::engine_layout("pack", sendbuf, nullptr, sendcount, sendtype, comm, sl) && fits<Count>(*sl);
+  *unpack_recv = source != MPI_PROC_NULL && recvbuf != nullptr &&
+                 pi::engine_layout("unpack", recvbuf, nullptr, recvcount, recvtype, comm, rl) &&
+                 fits<Count>(*rl);
+}
+
+// A sendrecv with at least one side served: the send side is packed into
+// staging before anything is received, so recvbuf may be sendbuf (this also
+// serves MPI_Sendrecv_replace).
+template <class Count>
+int sendrecv_served(const void* sendbuf, Count sendcount, MPI_Datatype sendtype, int dest, int sendtag,
+                    void* recvbuf, Count recvcount, MPI_Datatype recvtype, int source, int recvtag,
+                    MPI_Comm comm, MPI_Status* status, bool pack_send, const dt::Strided& sl,
+                    bool unpack_recv, const dt::Strided& rl, SendrecvFn<Count> system) {
   if (pack_send) {
     char* packed = t_send.get(static_cast<size_t>(sl.size()));
     dt::pack_host(sl, static_cast<const char*>(sendbuf), packed);
@@ -219,6 +235,100 @@ int sendrecv(const void* sendbuf, Count sendcount, MPI_Datatype sendtype, int de
     dt::unpack_host_prefix(rl, static_cast<const char*>(recvbuf), pi::bytes_received(st),
                            static_cast<char*>(user_recv));
   return rc;
+}
+
+template <class Count>
+int sendrecv(const void* sendbuf, Count sendcount, MPI_Datatype sendtype, int dest, int sendtag,
+             void* recvbuf, Count recvcount, MPI_Datatype recvtype, int source, int recvtag,
+             MPI_Comm comm, MPI_Status* status, SendrecvFn<Count> system) {
+  bool pack_send = false, unpack_recv = false;
+  dt::Strided sl, rl;
+  sendrecv_sides(sendbuf, sendcount, sendtype, dest, recvbuf, recvcount, recvtype, source, comm, &pack_send,
+                 &sl, &unpack_recv, &rl);
+  pi::count(pi::kSendrecv, pack_send || unpack_recv);
+  if (!pack_send && !unpack_recv)
+    return system(sendbuf, sendcount, sendtype, dest, sendtag, recvbuf, recvcount, recvtype, source,
+                  recvtag, comm, status);
+  return sendrecv_served(sendbuf, sendcount, sendtype, dest, sendtag, recvbuf, recvcount, recvtype, source,
+                         recvtag, comm, status, pack_send, sl, unpack_recv, rl, system);
+}
+
+// MPI_Sendrecv_replace: as MPI_Sendrecv from and into the same buffer when a
+// side is served (the send is staged first), else the system's own call.
+template <class Count>
+int sendrecv_replace(void* buf, Count count, MPI_Datatype type, int dest, int sendtag, int source,
+                     int recvtag, MPI_Comm comm, MPI_Status* status, ReplaceFn<Count> replace,
+                     SendrecvFn<Count> system) {
+  bool pack_send = false, unpack_recv = false;
+  dt::Strided sl, rl;
+  sendrecv_sides<Count>(buf, count, type, dest, buf, count, type, source, comm, &pack_send, &sl, &unpack_recv,
+                        &rl);
+  pi::count(pi::kSendrecvReplace, pack_send || unpack_recv);
+  if (!pack_send && !unpack_recv) return replace(buf, count, type, dest, sendtag, source, recvtag, comm, status);
+  return sendrecv_served<Count>(buf, count, type, dest, sendtag, buf, count, type, source, recvtag, comm, status,
+                                pack_send, sl, unpack_recv, rl, system);
+}
+
+template <class Count>
+using SendInitFn = IsendFn<Count>;  // MPI_Send_init has MPI_Isend's arguments
+template <class Count>
+using RecvInitFn = IrecvFn<Count>;
+
+// Persistent send / receive of a served type on host memory: the system MPI's
+// persistent request on MPI_PACKED over staging kept until MPI_Request_free.
+template <class Count>
+int send_init(const void* buf, Count count, MPI_Datatype type, int dest, int tag, MPI_Comm comm,
+              MPI_Request* request, SendInitFn<Count> system) {
+  dt::Strided layout;
+  if (dest != MPI_PROC_NULL && buf != nullptr && request != nullptr &&
+      pi::engine_layout("pack", buf, nullptr, count, type, comm, &layout) && fits<Count>(layout)) {
+    auto pending = std::make_unique<pi::Pending>();
+    if (!pending->staging.allocate(pi::Staging::Kind::kHost, static_cast<size_t>(layout.size())))
+      return no_memory(comm);
+    pending->persistent = true;
+    pending->layout = layout;
+    pending->user_buf = static_cast<char*>(const_cast<void*>(buf));  // only read, at each MPI_Start
+    int rc = system(pending->staging.data(), static_cast<Count>(layout.size()), MPI_PACKED, dest, tag, comm,
+                    request);
+    if (rc == MPI_SUCCESS) pi::track(*request, std::move(pending));
+    pi::count(pi::kSendInit, true);
+    return rc;
+  }
+  pi::count(pi::kSendInit);
+  return system(buf, count, type, dest, tag, comm, request);
+}
+
+template <class Count>
+int recv_init(void* buf, Count count, MPI_Datatype type, int source, int tag, MPI_Comm comm,
+              MPI_Request* request, RecvInitFn<Count> system) {
+  dt::Strided layout;
+  if (source != MPI_PROC_NULL && buf != nullptr && request != nullptr &&
+      pi::engine_layout("unpack", buf, nullptr, count, type, comm, &layout) && fits<Count>(layout)) {
+    auto pending = std::make_unique<pi::Pending>();
+    if (!pending->staging.allocate(pi::Staging::Kind::kHost, static_cast<size_t>(layout.size())))
+      return no_memory(comm);
+    pending->persistent = true;
+    pending->receive = true;
+    pending->layout = layout;
+    pending->user_buf = static_cast<char*>(buf);
+    int rc = system(pending->staging.data(), static_cast<Count>(layout.size()), MPI_PACKED, source, tag, comm,
+                    request);
+    if (rc == MPI_SUCCESS) pi::track(*request, std::move(pending));
+    pi::count(pi::kRecvInit, true);
+    return rc;
+  }
+  pi::count(pi::kRecvInit);
+  return system(buf, count, type, source, tag, comm, request);
+}
+
+// The persistent request of ours behind `request` that MPI_Start may start,
+// with a send's bytes packed; null if not ours, or already active (starting it
+// again is erroneous: the system MPI reports it, and staging in flight stays).
+pi::Pending* prepare_start(MPI_Request request) {
+  pi::Pending* pending = pi::find_persistent(request);
+  if (pending == nullptr || pending->active) return nullptr;
+  if (!pending->receive) dt::pack_host(pending->layout, pending->user_buf, pending->staging.data());
+  return pending;
 }
 
 }  // namespace
@@ -244,6 +354,39 @@ PYHPC_EXPORT int MPI_Sendrecv(const void* sendbuf, int sendcount, MPI_Datatype s
   return sendrecv<int>(sendbuf, sendcount, sendtype, dest, sendtag, recvbuf, recvcount, recvtype,
                        source, recvtag, comm, status, PMPI_Sendrecv);
 }
+PYHPC_EXPORT int MPI_Sendrecv_replace(void* buf, int count, MPI_Datatype type, int dest, int sendtag,
+                                      int source, int recvtag, MPI_Comm comm, MPI_Status* status) {
+  return sendrecv_replace<int>(buf, count, type, dest, sendtag, source, recvtag, comm, status,
+                               PMPI_Sendrecv_replace, PMPI_Sendrecv);
+}
+PYHPC_EXPORT int MPI_Send_init(const void* buf, int count, MPI_Datatype type, int dest, int tag,
+                               MPI_Comm comm, MPI_Request* request) {
+  return send_init<int>(buf, count, type, dest, tag, comm, request, PMPI_Send_init);
+}
+PYHPC_EXPORT int MPI_Recv_init(void* buf, int count, MPI_Datatype type, int source, int tag,
+                               MPI_Comm comm, MPI_Request* request) {
+  return recv_init<int>(buf, count, type, source, tag, comm, request, PMPI_Recv_init);
+}
+
+PYHPC_EXPORT int MPI_Start(MPI_Request* request) {
+  pi::Pending* pending = request != nullptr ? prepare_start(*request) : nullptr;
+  pi::count(pi::kStart, pending != nullptr);
+  int rc = PMPI_Start(request);
+  if (rc == MPI_SUCCESS && pending != nullptr) pending->active = true;
+  return rc;
+}
+
+PYHPC_EXPORT int MPI_Startall(int count, MPI_Request requests[]) {
+  std::vector<pi::Pending*> ours;
+  if (pi::any_tracked() && requests != nullptr)
+    for (int i = 0; i < count; ++i)
+      if (pi::Pending* pending = prepare_start(requests[i])) ours.push_back(pending);
+  pi::count(pi::kStart, !ours.empty());
+  int rc = PMPI_Startall(count, requests);
+  if (rc == MPI_SUCCESS)
+    for (pi::Pending* pending : ours) pending->active = true;
+  return rc;
+}
 
 #if MPI_VERSION >= 4
 PYHPC_EXPORT int MPI_Send_c(const void* buf, MPI_Count count, MPI_Datatype type, int dest, int tag,
@@ -268,5 +411,18 @@ PYHPC_EXPORT int MPI_Sendrecv_c(const void* sendbuf, MPI_Count sendcount, MPI_Da
                                 MPI_Status* status) {
   return sendrecv<MPI_Count>(sendbuf, sendcount, sendtype, dest, sendtag, recvbuf, recvcount,
                              recvtype, source, recvtag, comm, status, PMPI_Sendrecv_c);
+}
+PYHPC_EXPORT int MPI_Sendrecv_replace_c(void* buf, MPI_Count count, MPI_Datatype type, int dest, int sendtag,
+                                        int source, int recvtag, MPI_Comm comm, MPI_Status* status) {
+  return sendrecv_replace<MPI_Count>(buf, count, type, dest, sendtag, source, recvtag, comm, status,
+                                     PMPI_Sendrecv_replace_c, PMPI_Sendrecv_c);
+}
+PYHPC_EXPORT int MPI_Send_init_c(const void* buf, MPI_Count count, MPI_Datatype type, int dest, int tag,
+                                 MPI_Comm comm, MPI_Request* request) {
+  return send_init<MPI_Count>(buf, count, type, dest, tag, comm, request, PMPI_Send_init_c);
+}
+PYHPC_EXPORT int MPI_Recv_init_c(void* buf, MPI_Count count, MPI_Datatype type, int source, int tag,
+                                 MPI_Comm comm, MPI_Request* request) {
+  return recv_init<MPI_Count>(buf, count, type, source, tag, comm, request, PMPI_Recv_init_c);
 }
 #endif

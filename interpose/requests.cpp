@@ -47,11 +47,47 @@ std::unique_ptr<Pending> take(MPI_Request request) {
   return pending;
 }
 
+Pending* find_persistent(MPI_Request request) {
+  if (request == MPI_REQUEST_NULL || !any_tracked()) return nullptr;
+  std::lock_guard lock(g_mutex);
+  auto it = g_pending.find(request);
+  return it != g_pending.end() && it->second->persistent ? it->second.get() : nullptr;
+}
+
+void complete(MPI_Request request, const MPI_Status* status, bool ok) {
+  if (request == MPI_REQUEST_NULL || !any_tracked()) return;
+  std::unique_ptr<Pending> done;
+  Pending* started = nullptr;
+  {
+    std::lock_guard lock(g_mutex);
+    auto it = g_pending.find(request);
+    if (it == g_pending.end()) return;
+    if (it->second->persistent) {
+      if (!it->second->active) return;  // completing an inactive request does nothing
+      it->second->active = false;
+      if (!ok) return;
+      started = it->second.get();
+    } else {
+      done = std::move(it->second);
+      g_pending.erase(it);
+      g_count.fetch_sub(1, std::memory_order_release);
+      // A failed request is complete and its handle free for reuse: drop it.
+      if (!ok) return;
+    }
+  }
+  finish(done ? *done : *started, status);  // outside the lock: unpacking takes time
+}
+
 void finish(const Pending& pending, const MPI_Status* status) {
   if (!pending.receive) return;
   int cancelled = 0;
   PMPI_Test_cancelled(status, &cancelled);
   if (cancelled) return;
+  if (!pending.parts.empty()) {  // a nonblocking collective: every part arrived whole
+    for (const ReceivedPart& part : pending.parts)
+      datatype::unpack_host(part.layout, pending.staging.data() + part.offset, part.base);
+    return;
+  }
   if (pending.device) {
     if (device_unpack(pending.device_plan, pending.staging, bytes_received(status), pending.user_buf) != PYHPC_OK)
       log_line("device unpack failed: %s", last_error().c_str());
@@ -74,6 +110,7 @@ void progress_orphans() {
     PMPI_Test(&g_orphans[i].first, &done, &status);
     if (done) {
       finish(*g_orphans[i].second, &status);
+      if (g_orphans[i].second->persistent) PMPI_Request_free(&g_orphans[i].first);
       g_orphans.erase(g_orphans.begin() + static_cast<long>(i));
     } else {
       ++i;
@@ -87,6 +124,7 @@ void finish_orphans() {
     MPI_Status status;
     PMPI_Wait(&request, &status);
     finish(*pending, &status);
+    if (pending->persistent) PMPI_Request_free(&request);
   }
   g_orphans.clear();
 }

@@ -46,8 +46,9 @@ Settings read_settings() {
 constexpr const char* kNames[kNumCalls] = {
   "MPI_Init", "MPI_Init_thread", "MPI_Finalize", "MPI_Type_commit", "MPI_Type_free", "MPI_Pack",
   "MPI_Unpack", "MPI_Pack_size", "MPI_Send", "MPI_Isend", "MPI_Recv", "MPI_Irecv", "MPI_Sendrecv",
-  "MPI_Wait*", "MPI_Test*", "MPI_Request_free", "MPI_Alltoallv", "MPI_Neighbor_alltoallv",
-  "MPI_Neighbor_alltoallw",
+  "MPI_Sendrecv_replace", "MPI_Send_init", "MPI_Recv_init", "MPI_Start*", "MPI_Wait*", "MPI_Test*",
+  "MPI_Request_free", "MPI_Alltoallv", "MPI_Alltoallw", "MPI_Neighbor_alltoallv", "MPI_Neighbor_alltoallw",
+  "MPI_Ialltoallv", "MPI_Ialltoallw", "MPI_Ineighbor_alltoallv", "MPI_Ineighbor_alltoallw",
 };
 
 std::atomic<uint64_t> g_calls[kNumCalls];
@@ -103,7 +104,8 @@ void print_stats() {
     os << " " << kNames[c] << "=" << n;
     if (e) os << "(pyhpc " << e << ")";
   }
-  log_line("stats:%s", os.str().c_str());
+  // Not through log_line: the line outgrows its buffer.
+  std::fprintf(stderr, "pyhpc-interpose[%d]: stats:%s\n", world_rank(), os.str().c_str());
 }
 
 void remember_type(MPI_Datatype type) {

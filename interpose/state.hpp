@@ -30,8 +30,9 @@ const Settings& settings();
 // The calls the interposer counts; keep kNames in state.cpp in step.
 enum Call : int {
   kInit, kInitThread, kFinalize, kTypeCommit, kTypeFree, kPack, kUnpack, kPackSize,
-  kSend, kIsend, kRecv, kIrecv, kSendrecv, kWait, kTest, kRequestFree, kAlltoallv,
-  kNeighborAlltoallv, kNeighborAlltoallw, kNumCalls
+  kSend, kIsend, kRecv, kIrecv, kSendrecv, kSendrecvReplace, kSendInit, kRecvInit, kStart, kWait, kTest,
+  kRequestFree, kAlltoallv, kAlltoallw, kNeighborAlltoallv, kNeighborAlltoallw, kIalltoallv, kIalltoallw,
+  kIneighborAlltoallv, kIneighborAlltoallw, kNumCalls
 };
 
 // Counts one intercepted call; `engine` says pyhpc's engine did the work.

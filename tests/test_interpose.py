@@ -46,9 +46,11 @@ def pyhpc_run(*args: str, log: bool = False, **settings: str) -> subprocess.Comp
                           stdin=subprocess.DEVNULL)
 
 
-def stats(stderr: str) -> dict[str, tuple[int, int]]:
-    """{call: (intercepted, served by pyhpc's engine)} from PYHPC_INTERPOSE_STATS output."""
-    line = next(line for line in stderr.splitlines() if ": stats:" in line)
+def stats(stderr: str, rank: int | None = None) -> dict[str, tuple[int, int]]:
+    """{call: (intercepted, served by pyhpc's engine)} from PYHPC_INTERPOSE_STATS output
+    (the first rank's line to appear, or `rank`'s)."""
+    tag = ": stats:" if rank is None else f"pyhpc-interpose[{rank}]: stats:"
+    line = next(line for line in stderr.splitlines() if tag in line)
     found = {}
     for name, n, engine in re.findall(r"(MPI_\w+\*?)=(\d+)(?:\(pyhpc (\d+)\))?", line):
         found[name] = (int(n), int(engine or 0))
@@ -64,7 +66,10 @@ def test_exports_only_mpi_symbols():
             "MPI_Pack", "MPI_Unpack", "MPI_Pack_size", "MPI_Send", "MPI_Recv", "MPI_Isend",
             "MPI_Irecv", "MPI_Sendrecv", "MPI_Wait", "MPI_Waitall", "MPI_Waitany", "MPI_Waitsome",
             "MPI_Test", "MPI_Testall", "MPI_Testany", "MPI_Testsome", "MPI_Request_free",
-            "MPI_Alltoallv", "MPI_Neighbor_alltoallv", "MPI_Neighbor_alltoallw"} <= set(names)
+            "MPI_Alltoallv", "MPI_Alltoallw", "MPI_Neighbor_alltoallv", "MPI_Neighbor_alltoallw",
+            "MPI_Send_init", "MPI_Recv_init", "MPI_Start", "MPI_Startall", "MPI_Sendrecv_replace",
+            "MPI_Ialltoallv", "MPI_Ialltoallw", "MPI_Ineighbor_alltoallv",
+            "MPI_Ineighbor_alltoallw"} <= set(names)
 
 
 def test_c_program_runs_through_the_interposer(hello_mpi):
@@ -140,7 +145,7 @@ def halo3d(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("ranks", [2, 4])
-@pytest.mark.parametrize("mode", ["isend", "sendrecv", "neighbor"])
+@pytest.mark.parametrize("mode", ["isend", "sendrecv", "neighbor", "persistent"])
 def test_halo_exchange_is_bit_identical_through_the_engine(halo3d, ranks, mode):
     plain = pyhpc_run("-n", str(ranks), str(halo3d), "10", "4", mode)
     assert plain.returncode == 0, plain.stderr
@@ -153,15 +158,20 @@ def test_halo_exchange_is_bit_identical_through_the_engine(halo3d, ranks, mode):
     if mode == "neighbor":  # one MPI_Neighbor_alltoallw of 6 faces per iteration
         assert counts["MPI_Neighbor_alltoallw"] == (4, 4), counts
         return
+    if mode == "persistent":  # 12 requests on each of two grids, one MPI_Startall per iteration
+        assert counts["MPI_Send_init"] == (12, 12) and counts["MPI_Recv_init"] == (12, 12), counts
+        assert counts["MPI_Start*"] == (4, 4) and counts["MPI_Request_free"] == (24, 0), counts
+        return
     calls = ["MPI_Isend", "MPI_Irecv"] if mode == "isend" else ["MPI_Sendrecv"]
     for call in calls:  # 6 faces x 4 iterations, every one through pyhpc's engine
         assert counts[call] == (24, 24), counts
 
 
-def test_isend_and_sendrecv_agree(halo3d):
+def test_isend_sendrecv_and_persistent_agree(halo3d):
     a = pyhpc_run("-n", "2", str(halo3d), "10", "4", "isend").stdout.split()[1]
     b = pyhpc_run("-n", "2", str(halo3d), "10", "4", "sendrecv").stdout.split()[1]
-    assert a == b
+    c = pyhpc_run("-n", "2", str(halo3d), "10", "4", "persistent").stdout.split()[1]
+    assert a == b == c
 
 
 @pytest.mark.parametrize("interpose", [False, True])
@@ -180,26 +190,68 @@ def test_mpi4py_point_to_point_with_derived_types(interpose):
 
 
 def test_bad_input_gets_the_system_mpis_own_errors():
-    # Uncommitted and null types, too-small buffers, a position past the end:
+    # Uncommitted and null types (to pack, persistent requests, MPI_Alltoallw,
+    # MPI_Sendrecv_replace), too-small buffers, a position past the end:
     # whatever the system MPI answers (an error class, or, for MPICH 5.0's
     # unchecked pack size, success), the interposer answers the same.
     program = str(PROGRAMS / "bad_input.py")
     plain = pyhpc_run("-n", "1", program)
     served = pyhpc_run("-n", "1", "--interpose", program, PYHPC_INTERPOSE_STRATEGY="pyhpc")
     assert plain.returncode == 0 and served.returncode == 0, plain.stderr + served.stderr
-    assert plain.stdout.count("\n") == 6 and "pack uncommitted: error class" in plain.stdout
+    assert plain.stdout.count("\n") == 13 and "pack uncommitted: error class" in plain.stdout
+    assert "send_init uncommitted: error class" in plain.stdout
+    assert "alltoallw uncommitted: error class" in plain.stdout
     assert served.stdout == plain.stdout
 
 
-@pytest.mark.parametrize("ranks", [2, 4])
-@pytest.mark.parametrize("interpose", [False, True])
-def test_mpi4py_alltoallv_and_neighbor_exchanges_with_derived_types(ranks, interpose):
-    program = str(PROGRAMS / "alltoall_types.py")
-    args = ["-n", str(ranks), *(["--interpose"] if interpose else []), program]
-    out = pyhpc_run(*args, PYHPC_INTERPOSE_STRATEGY="pyhpc", PYHPC_INTERPOSE_STATS="1")
+def digest_line(out: subprocess.CompletedProcess, passed: str) -> str:
     assert out.returncode == 0, out.stderr
-    assert "alltoall_types: all checks passed" in out.stdout
-    if interpose:
-        counts = stats(out.stderr)
-        for call in ("MPI_Alltoallv", "MPI_Neighbor_alltoallv", "MPI_Neighbor_alltoallw"):
-            assert counts[call] == (1, 1), counts
+    assert passed in out.stdout, out.stdout
+    return next(line for line in out.stdout.splitlines() if line.startswith("digest "))
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+@pytest.mark.parametrize("strategy", ["pyhpc", "system"])
+def test_mpi4py_alltoall_and_neighbor_exchanges_with_derived_types(ranks, strategy):
+    # The programs check every element themselves; what arrives must also be
+    # the same bytes with and without the interposer, served or passed through.
+    program = str(PROGRAMS / "alltoall_types.py")
+    passed = "alltoall_types: all checks passed"
+    plain = digest_line(pyhpc_run("-n", str(ranks), program), passed)
+    out = pyhpc_run("-n", str(ranks), "--interpose", program,
+                    PYHPC_INTERPOSE_STRATEGY=strategy, PYHPC_INTERPOSE_STATS="1")
+    assert digest_line(out, passed) == plain
+    on = int(strategy == "pyhpc")
+    for rank in (0, 1):
+        counts = stats(out.stderr, rank)
+        for call in ("MPI_Alltoallv", "MPI_Ialltoallv", "MPI_Ialltoallw", "MPI_Ineighbor_alltoallv",
+                     "MPI_Ineighbor_alltoallw"):
+            assert counts[call] == (1, on), counts
+        for call in ("MPI_Neighbor_alltoallv", "MPI_Neighbor_alltoallw"):  # on a ring, then a line
+            assert counts[call] == (2, 2 * on), counts
+        # Two MPI_Alltoallw; in the second, odd ranks receive one part with a
+        # struct type: that whole call goes to the system MPI there.
+        assert counts["MPI_Alltoallw"] == (2, on * (2 if rank == 0 else 1)), counts
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+@pytest.mark.parametrize("strategy", ["pyhpc", "system"])
+def test_mpi4py_persistent_requests_with_random_nested_types(ranks, strategy):
+    # 7 types x 4 starts with new data each time, every completion call on a mix
+    # of persistent, non-persistent and inactive requests; Request_free of
+    # inactive and active ones; Sendrecv_replace; Isendrecv (the system MPI's)
+    # against a served Sendrecv; a truncated persistent receive.
+    program = str(PROGRAMS / "persistent_types.py")
+    passed = "persistent_types: all checks passed"
+    plain = digest_line(pyhpc_run("-n", str(ranks), program), passed)
+    out = pyhpc_run("-n", str(ranks), "--interpose", program,
+                    PYHPC_INTERPOSE_STRATEGY=strategy, PYHPC_INTERPOSE_STATS="1")
+    assert digest_line(out, passed) == plain
+    on = int(strategy == "pyhpc")
+    for rank in range(ranks):
+        counts = stats(out.stderr, rank)
+        assert counts["MPI_Send_init"] == (9, 9 * on) and counts["MPI_Recv_init"] == (16, 16 * on), counts
+        assert counts["MPI_Start*"] == (45, 45 * on), counts  # 7 x (2 Startall + 4 Start) + 3
+        assert counts["MPI_Request_free"] == (25, 0), counts
+        assert counts["MPI_Sendrecv_replace"] == (1, on), counts
+        assert counts.get("MPI_Sendrecv", (0, 0)) == ((1, on) if rank % 2 else (0, 0)), counts

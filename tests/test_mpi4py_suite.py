@@ -61,7 +61,11 @@ def test_mpi4py_suite_passes_under_the_interposer():
     assert ran and min(ran) > 2000, ran
     assert "FAILED" not in text
     line = next(line for line in text.splitlines() if "pyhpc-interpose[0]: stats:" in line)
+    print(line)  # the counters, for the record (pytest -s)
     served = {name: int(n) for name, n in re.findall(r"(MPI_\w+)=\d+\(pyhpc (\d+)\)", line)}
     # The suite's datatype and point-to-point traffic really went through pyhpc.
     assert served.get("MPI_Pack", 0) > 1000 and served.get("MPI_Unpack", 0) > 1000, line
     assert served.get("MPI_Isend", 0) > 0 and served.get("MPI_Recv", 0) > 0, line
+    # Its persistent requests and Sendrecv_replace of derived types too.
+    assert served.get("MPI_Send_init", 0) > 0 and served.get("MPI_Recv_init", 0) > 0, line
+    assert served.get("MPI_Sendrecv_replace", 0) > 0, line
