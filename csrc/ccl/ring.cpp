@@ -719,6 +719,10 @@ pyhpc_status DataPlane::setup(Peer& peer, Channel& ch, const Topology& t, uint32
       *failed = f;
       return PYHPC_FAIL(PYHPC_ERR_PEER, "data plane: the master reports failed peers");
     }
+    if (peer.health() != PYHPC_OK) {  // the master is gone: nobody can tell who failed
+      std::string why = last_error();
+      return PYHPC_FAIL(PYHPC_ERR_PEER, "data plane: lost the master: %s", why.c_str());
+    }
     if (Clock::now() >= deadline) {
       *failed = {left.id};
       return PYHPC_FAIL(PYHPC_ERR_PEER,
@@ -822,6 +826,12 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
     while (f.empty() && Clock::now() < grace) {
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
       f = failed_members(peer, t);
+    }
+    if (f.empty() && peer.health() != PYHPC_OK) {  // no master to say who: not a peer's fault
+      std::string lost = last_error();
+      failed->clear();
+      return abort(PYHPC_FAIL(PYHPC_ERR_PEER, "all_reduce (tag %u) aborted: %s; lost the master: %s",
+                              unsigned(a.tag), why.c_str(), lost.c_str()));
     }
     *failed = f.empty() ? std::vector<uint64_t>{suspect} : f;
     (void)peer.vote(t.epoch, a.tag, seq, Vote::kNo);  // best effort: YES voters abort at once
@@ -1156,6 +1166,12 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
     auto now = Clock::now();
     if (pr <= 0 || now - last_check > std::chrono::milliseconds(kPollSliceMs)) {
       last_check = now;
+      if (peer.health() != PYHPC_OK) {  // the master is gone: this op can never commit
+        std::string why = last_error();
+        failed->clear();
+        return abort(PYHPC_FAIL(PYHPC_ERR_PEER, "all_reduce (tag %u) aborted: lost the master: %s",
+                                unsigned(a.tag), why.c_str()));
+      }
       std::vector<uint64_t> f = failed_members(peer, t);
       if (f.size() > cleared.size()) {
         // Did they all vote YES (then every peer can still finish)? Ask.
