@@ -33,6 +33,11 @@ def test_kill9_inside_update_topology(cluster):
     victim.send("update 10")
     time.sleep(0.2)  # both are waiting for `late`
     os.kill(victim.proc.pid, signal.SIGKILL)
+    # (once the master has seen the death: were `late` to ask first, the update would
+    # be complete, every member having asked, and legitimately hold the victim)
+    deadline = time.monotonic() + 5
+    while not master.stats()["failures"] and time.monotonic() < deadline:
+        time.sleep(0.005)
     late.send("update 10")
     ups = [early.recv(10), late.recv(10)]
     assert all(u["event"] == "update" and u["world"] == 2 and u["dead"] == [victim.id]
