@@ -322,6 +322,7 @@ void Master::handle(Client& c, const Message& m) {
   }
   switch (m.type) {
     case MsgType::kHeartbeat:
+      queue(c, m);  // the echo tells the peer this master is alive
       return;
     case MsgType::kUpdateRequest:
       c.wants_update = true;

@@ -28,7 +28,8 @@ Peer::~Peer() { close(); }
 pyhpc_status Peer::connect(const PeerOptions& options) {
   if (fd_ >= 0 || closed_)
     return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "this peer is already connected or closed");
-  if (options.heartbeat_interval <= 0 || options.connect_timeout <= 0)
+  if (options.heartbeat_interval <= 0 || options.connect_timeout <= 0 ||
+      options.master_timeout <= options.heartbeat_interval)
     return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "intervals and timeouts must be positive");
   if (options.advertise_host.size() > kMaxHost)
     return PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT, "advertise_host longer than %zu", kMaxHost);
@@ -110,6 +111,9 @@ void Peer::set_broken(pyhpc_status s, const std::string& why) {
 void Peer::loop() {
   std::vector<uint8_t> in;
   auto next_beat = Clock::now();
+  auto last_heard = Clock::now();  // any frame from the master
+  const auto silence = std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>(options_.master_timeout));
   uint8_t buf[65536];
   for (;;) {
     {
@@ -132,6 +136,12 @@ void Peer::loop() {
                      .count()) + 1;
     pollfd fds[2] = {{wake_[0], POLLIN, 0}, {fd_, POLLIN, 0}};
     int rc = ::poll(fds, 2, ms < 1 ? 1 : ms);
+    if (Clock::now() - last_heard > silence) {
+      set_broken(PYHPC_ERR_PEER, "the master has been silent for " +
+                                     std::to_string(options_.master_timeout) +
+                                     " s (frozen, or cut off from this peer)");
+      return;
+    }
     if (rc <= 0 || !(fds[1].revents & (POLLIN | POLLHUP | POLLERR))) continue;
     ssize_t k = ::recv(fd_, buf, sizeof buf, MSG_DONTWAIT);
     if (k == 0 || (k < 0 && errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)) {
@@ -140,6 +150,7 @@ void Peer::loop() {
       return;
     }
     if (k < 0) continue;
+    last_heard = Clock::now();
     in.insert(in.end(), buf, buf + k);
     size_t off = 0;
     while (in.size() - off >= kHeaderSize) {
@@ -189,6 +200,7 @@ void Peer::loop() {
         SyncKey k{m.epoch, m.seq};
         topo_results_[k] = std::move(m);
         cv_.notify_all();
+      } else if (m.type == MsgType::kHeartbeat) {  // the master's echo: it is alive
       } else if (m.type == MsgType::kPeerFailed) {
         failures_.push_back(m.id);
         cv_.notify_all();

@@ -1,7 +1,9 @@
 // The peer side of the fault-tolerant TCP collectives: one connection to the
 // master, authenticated by challenge-response, kept alive by a background
 // thread that sends a HEARTBEAT every heartbeat_interval seconds and receives
-// what the master sends (TOPOLOGY, PEER_FAILED, ERROR).
+// what the master sends (TOPOLOGY, PEER_FAILED, ERROR, and the echo of each
+// HEARTBEAT: a master silent for master_timeout seconds, frozen or cut off, is
+// lost to this peer, which fails what waits on it).
 #pragma once
 
 #include <condition_variable>
@@ -25,6 +27,8 @@ struct PeerOptions {
   std::string secret;
   double connect_timeout = 5.0;      // connect + authenticate
   double heartbeat_interval = 0.1;   // s between heartbeats
+  double master_timeout = 1.5;       // s of silence from the master (which echoes every
+                                     // heartbeat) after which it is lost to this peer
   std::string advertise_host;        // what other peers should dial; empty: as the master sees us
   uint16_t advertise_port = 0;
   uint16_t protocol_version = kProtocolVersion;  // tests speak another one on purpose

@@ -87,8 +87,9 @@ constexpr uint32_t kMagic = 0x4C434350u;
 // 2: VOTE/VERDICT (commit round); 3: quantize in OP descriptors; 4: shared-state sync
 // (SYNC_* frames, STATE_* data frames, a channel kind in DATA_HELLO); 5: topology
 // optimization (TOPO_* frames, PROBE_* data frames, channel kind "probe"); 6: stream
-// index and count in DATA_HELLO (several connections per neighbour), zeropoint_uint8.
-constexpr uint16_t kProtocolVersion = 6;
+// index and count in DATA_HELLO (several connections per neighbour), zeropoint_uint8;
+// 7: the master echoes every HEARTBEAT (a peer notices a silent master).
+constexpr uint16_t kProtocolVersion = 7;
 constexpr size_t kHeaderSize = 12;
 constexpr size_t kNonceSize = 32;
 constexpr size_t kMaxHost = 255;

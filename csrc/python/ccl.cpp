@@ -363,8 +363,9 @@ PYBIND11_MODULE(_ccl, m) {
            [](Peer& self, const std::string& host, uint16_t port, py::bytes secret,
               double connect_timeout, double heartbeat_interval,
               const std::string& advertise_host, uint16_t advertise_port,
-              uint16_t protocol_version) {
+              uint16_t protocol_version, double master_timeout) {
              PeerOptions o;
+             o.master_timeout = master_timeout;
              o.host = host;
              o.port = port;
              o.secret = secret;
@@ -382,7 +383,7 @@ PYBIND11_MODULE(_ccl, m) {
            },
            py::arg("host"), py::arg("port"), py::arg("secret"), py::arg("connect_timeout"),
            py::arg("heartbeat_interval"), py::arg("advertise_host"), py::arg("advertise_port"),
-           py::arg("protocol_version") = kProtocolVersion)
+           py::arg("protocol_version") = kProtocolVersion, py::arg("master_timeout") = 1.5)
       .def("update_topology", [](Peer& self, double timeout) {
         Topology t;
         pyhpc_status s;

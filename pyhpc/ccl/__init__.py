@@ -324,6 +324,10 @@ class Communicator:
     right neighbour per all-reduce channel, each authenticated; every ring
     step's chunks are striped over them. Peers may differ (a receiver follows
     its left neighbour's count); results are the same bits for any count.
+    ``heartbeat_timeout``: seconds of silence after which this peer's own
+    master counts as lost (the master echoes every heartbeat; a frozen or
+    cut-off master then fails every pending call with PeerError), and the
+    timeout of the master it starts when ``master`` is None.
     """
 
     def __init__(self, master: str | Master | None = None, secret: Secret | None = None, *,
@@ -348,6 +352,10 @@ class Communicator:
             self._secret = _secret_bytes(secret, "Communicator")
         if heartbeat_interval <= 0 or connect_timeout <= 0 or update_timeout <= 0:
             raise InvalidArgumentError("intervals and timeouts must be > 0")
+        if heartbeat_timeout <= heartbeat_interval:
+            raise InvalidArgumentError(f"heartbeat_timeout ({heartbeat_timeout}) must exceed "
+                                       f"heartbeat_interval ({heartbeat_interval})")
+        self._heartbeat_timeout = float(heartbeat_timeout)
         if (not isinstance(connections, (int, np.integer)) or isinstance(connections, bool)
                 or not 1 <= int(connections) <= MAX_CONNECTIONS):
             raise InvalidArgumentError(f"Communicator: connections must be an int in "
@@ -390,7 +398,7 @@ class Communicator:
         self._data.start(listen, self._secret, self._version, self.connections)
         self._impl.connect(self._host, self._port, self._secret, self._connect_timeout,
                            self._heartbeat_interval, host, port or self._data.port,
-                           self._version)
+                           self._version, self._heartbeat_timeout)
         self._connected = True
         return self
 
