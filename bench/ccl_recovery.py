@@ -25,6 +25,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -71,7 +72,8 @@ class Peer:
     def __init__(self, address: str, secret: str, world: int) -> None:
         self.proc = subprocess.Popen([sys.executable, "-c", PEER, address, secret, str(world)],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                     env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                     env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                     cwd=tempfile.gettempdir())  # not a source checkout
         self.events: queue.Queue = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
 

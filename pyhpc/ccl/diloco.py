@@ -44,6 +44,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Callable, Optional
@@ -368,7 +369,10 @@ class World:
         cmd += (["--stop-file", self.stop_file] if self.stop_file else [])
         # one BLAS thread per peer: several peers share the cores (OpenBLAS reads its own variable)
         one = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, **one})
+        # cwd: not wherever we are, which may be a pyhpc source checkout that would shadow
+        # the installed package
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, **one},
+                             cwd=tempfile.gettempdir())
         self.procs[seed] = p
         threading.Thread(target=self._pump, args=(seed, p), daemon=True).start()
 
