@@ -185,6 +185,23 @@ def _state_dtype(a: np.ndarray) -> Optional[str]:
     return None
 
 
+def _on_gpu(a) -> bool:
+    """A cupy array (cupy itself is imported only when one is passed)."""
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def _to_host(a, what: str) -> np.ndarray:
+    """A host copy of the C-contiguous cupy array ``a``. The data plane is TCP: device
+    arrays travel through host memory, and the collectives write them back only once
+    the host result is final."""
+    import cupy
+
+    if not a.flags.c_contiguous:
+        raise InvalidArgumentError(f"{what}: the array must be C-contiguous "
+                                   f"(cupy.ascontiguousarray makes a copy)")
+    return cupy.asnumpy(a)
+
+
 def hash_array(a) -> int:
     """The tensor hash (an unsigned 64-bit int) of a C-contiguous numpy array.
 
@@ -193,9 +210,11 @@ def hash_array(a) -> int:
     ``u16 len(dtype) || dtype || u32 ndim || u64 shape[...] || u64 nbytes ||
     u64 chunk digests...`` (little-endian; dtype as numpy's ``dtype.str``, e.g.
     ``"<f4"``, or ``"bfloat16"``). The same bytes with another dtype or shape
-    hash differently."""
+    hash differently. A cupy array hashes as its bytes copied to the host do."""
+    if _on_gpu(a):
+        a = _to_host(a, "hash_array")
     if not isinstance(a, np.ndarray):
-        raise TypeError(f"hash_array: expected a numpy array, got {type(a).__name__}")
+        raise TypeError(f"hash_array: expected a numpy or cupy array, got {type(a).__name__}")
     dt = _state_dtype(a)
     if dt is None:
         raise InvalidArgumentError(f"hash_array: dtype {a.dtype} is not a fixed-size number")
@@ -518,9 +537,27 @@ class Communicator:
         chunk NaN on every peer. minmax_uint8 returns constant arrays exactly;
         zeropoint_uint8 returns zeros exactly. A single peer returns its input.
         :attr:`last_bytes_sent` counts the bytes this peer sent.
+
+        cupy arrays (both ``array`` and ``out``) are reduced through a host
+        copy, and written back only when the result is committed.
         """
         if not self._connected or not self._impl.admitted:
             raise InvalidArgumentError("all_reduce: not admitted yet; call update_topology()")
+        if _on_gpu(array) or _on_gpu(out):
+            if not _on_gpu(array) or not (out is None or _on_gpu(out)):
+                raise InvalidArgumentError("all_reduce: array and out must both be cupy arrays "
+                                           "or both numpy arrays")
+            if out is not None and (out.shape != array.shape or out.dtype != array.dtype
+                                    or not out.flags.c_contiguous):
+                raise InvalidArgumentError("all_reduce: out must be a C-contiguous array of "
+                                           "the input's shape and dtype")
+            host = _to_host(array, "all_reduce")  # reduced on the host, written back on success
+            self.all_reduce(host, op, None, tag, timeout, quantize, _chunk_bytes=_chunk_bytes,
+                            _chunk_delay=_chunk_delay, _exit_at=_exit_at,
+                            _send_thread_bytes=_send_thread_bytes)
+            target = array if out is None else out
+            target.set(host)
+            return target
         if op not in _OPS:
             raise InvalidArgumentError(f"all_reduce: op must be one of {sorted(_OPS)}, got {op!r}")
         if not isinstance(array, np.ndarray):
@@ -577,7 +614,7 @@ class Communicator:
 
     def sync_shared_state(self, state: dict, revision: int, timeout: float | None = None, *,
                           _serve_delay: float = 0.0) -> SyncInfo:
-        """Make ``state`` (a dict name -> numpy array) identical on every member.
+        """Make ``state`` (a dict name -> numpy or cupy array) identical on every member.
 
         Collective over the members of the current epoch, like :meth:`all_reduce`;
         every peer passes the same names, dtypes and shapes (else every peer
@@ -602,7 +639,8 @@ class Communicator:
         If a member dies, freezes or leaves mid-sync (a source mid-transfer
         included), or ``timeout`` seconds (default ``op_timeout``) pass, every
         survivor raises :class:`PeerFailure` naming it and no array changed:
-        call :meth:`update_topology` and sync again.
+        call :meth:`update_topology` and sync again. cupy arrays are hashed and
+        sent from host copies, and the fetched ones written back after COMMIT.
         """
         if not self._connected or not self._impl.admitted:
             raise InvalidArgumentError("sync_shared_state: not admitted yet; "
@@ -610,6 +648,15 @@ class Communicator:
         if not isinstance(state, dict):
             raise InvalidArgumentError(f"sync_shared_state: state must be a dict of name -> numpy "
                                        f"array, got {type(state).__name__}")
+        on_gpu = {k: v for k, v in state.items() if _on_gpu(v)}
+        if on_gpu:  # synced through host copies; the fetched ones written back after COMMIT
+            host = {k: (_to_host(v, f"sync_shared_state: state[{k!r}]") if k in on_gpu else v)
+                    for k, v in state.items()}
+            info = self.sync_shared_state(host, revision, timeout, _serve_delay=_serve_delay)
+            for name in info.fetched:
+                if name in on_gpu:
+                    on_gpu[name].set(host[name])
+            return info
         if (isinstance(revision, bool) or not isinstance(revision, (int, np.integer))
                 or not 0 <= int(revision) <= _MAX_REVISION):
             raise InvalidArgumentError(f"sync_shared_state: revision must be an int in "
