@@ -114,20 +114,10 @@ for line in sys.stdin:
 
 
 class ARPeer(PeerProc):
+    DRIVER = ALLREDUCE_DRIVER
+
     def __init__(self, address, cwd, heartbeat=0.05, connections=1):
-        import subprocess
-        import sys
-        import queue
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", ALLREDUCE_DRIVER, address, SECRET, str(heartbeat),
-             os.path.dirname(os.path.abspath(__file__)), str(connections)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            cwd=cwd)
-        self.lines = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-        hello = self.recv(20)
-        assert hello["event"] == "connected", hello
-        self.id = hello["id"]
+        super().__init__(address, cwd, heartbeat, connections)
 
 
 @pytest.fixture

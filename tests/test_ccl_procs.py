@@ -62,15 +62,27 @@ for line in sys.stdin:
 """
 
 
+# The drivers' argv: address, secret, heartbeat interval, this directory (to import
+# the test modules' helpers), then what a subclass's driver adds.
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
 class PeerProc:
-    def __init__(self, address: str, cwd, heartbeat: float = 0.05) -> None:
+    """A peer process running ``DRIVER`` (a subclass names its own), driven over
+    stdin/stdout; ``extra`` are the driver's further arguments, ``prefix`` runs it
+    under another command (``ip netns exec NAME``)."""
+
+    DRIVER = DRIVER
+
+    def __init__(self, address: str, cwd, heartbeat: float = 0.05, *extra, prefix=()) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", DRIVER, address, SECRET, str(heartbeat)],
+            [*prefix, sys.executable, "-c", self.DRIVER, address, SECRET, str(heartbeat), HERE,
+             *map(str, extra)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             cwd=cwd)
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
-        hello = self.recv(15)
+        hello = self.recv(20)
         assert hello["event"] == "connected", hello
         self.id = hello["id"]
 

@@ -14,12 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import queue
 import signal
 import struct
-import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -264,17 +261,7 @@ for line in sys.stdin:
 
 
 class StatePeer(PeerProc):
-    def __init__(self, address, cwd, heartbeat=0.05):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", STATE_DRIVER, address, SECRET, str(heartbeat),
-             os.path.dirname(os.path.abspath(__file__))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            cwd=cwd)
-        self.lines = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-        hello = self.recv(20)
-        assert hello["event"] == "connected", hello
-        self.id = hello["id"]
+    DRIVER = STATE_DRIVER
 
 
 @pytest.fixture

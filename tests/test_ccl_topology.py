@@ -19,14 +19,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import queue
 import random
 import shutil
 import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -230,7 +228,7 @@ TOPO_DRIVER = r"""
 import json, sys, time
 import numpy as np
 from pyhpc.ccl import Communicator, PeerFailure
-addr, secret, hb, adv = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+addr, secret, hb, adv = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[5]
 c = Communicator(addr, secret=secret, heartbeat_interval=hb, advertise_host=adv).connect()
 def out(**kw):
     print(json.dumps(kw), flush=True)
@@ -285,18 +283,11 @@ for line in sys.stdin:
 
 
 class TopoPeer(PeerProc):
+    DRIVER = TOPO_DRIVER
+
     def __init__(self, address, cwd, heartbeat=0.05, netns=None, advertise=""):
-        prefix = ["ip", "netns", "exec", netns] if netns else []
-        self.proc = subprocess.Popen(
-            prefix + [sys.executable, "-c", TOPO_DRIVER, address, SECRET, str(heartbeat),
-                      advertise],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            cwd=cwd)
-        self.lines = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-        hello = self.recv(20)
-        assert hello["event"] == "connected", hello
-        self.id = hello["id"]
+        super().__init__(address, cwd, heartbeat, advertise,
+                         prefix=["ip", "netns", "exec", netns] if netns else [])
 
 
 @pytest.fixture

@@ -211,6 +211,26 @@ Message message_from_dict(const py::dict& d) {
   return m;
 }
 
+// A data-plane collective: runs `run` (returns a status, fills `failed`) without
+// the GIL. A peer failure that names peers is (failed ids, message, on_failure);
+// any other failure raises; success is ([], "", result()).
+template <class Run, class Result>
+py::object peer_collective(Run run, Result result, py::object on_failure) {
+  std::vector<uint64_t> failed;
+  pyhpc_status s;
+  {
+    py::gil_scoped_release release;
+    s = run(&failed);
+  }
+  if (s == PYHPC_ERR_PEER && !failed.empty()) {
+    std::string why = pyhpc::last_error();
+    pyhpc::clear_last_error();
+    return py::make_tuple(failed, why, on_failure);
+  }
+  pyhpc::check(s);
+  return py::make_tuple(failed, std::string(), result());
+}
+
 py::dict topology_dict(const Topology& t) {
   py::dict d;
   d["epoch"] = t.epoch;
@@ -452,19 +472,9 @@ PYBIND11_MODULE(_ccl, m) {
              a.quant = static_cast<Quant>(quantize);
              uint64_t bytes = 0;
              a.data_bytes_sent = &bytes;
-             std::vector<uint64_t> failed;
-             pyhpc_status s;
-             {
-               py::gil_scoped_release release;
-               s = self.all_reduce(peer, a, &failed);
-             }
-             if (s == PYHPC_ERR_PEER && !failed.empty()) {
-               std::string why = pyhpc::last_error();
-               pyhpc::clear_last_error();
-               return py::object(py::make_tuple(failed, why, uint64_t(0)));
-             }
-             pyhpc::check(s);
-             return py::object(py::make_tuple(failed, std::string(), bytes));
+             return peer_collective(
+                 [&](std::vector<uint64_t>* failed) { return self.all_reduce(peer, a, failed); },
+                 [&] { return py::int_(bytes); }, py::int_(0));
            },
            py::arg("peer"), py::arg("inp"), py::arg("out"), py::arg("count"), py::arg("dtype"),
            py::arg("op"), py::arg("tag"), py::arg("timeout"), py::arg("chunk_bytes"),
@@ -488,25 +498,20 @@ PYBIND11_MODULE(_ccl, m) {
              a.timeout_s = timeout;
              a.test_serve_delay_s = test_serve_delay;
              SyncResult r;
-             std::vector<uint64_t> failed;
-             pyhpc_status s;
-             {
-               py::gil_scoped_release release;
-               s = self.sync_state(peer, a, &r, &failed);
-             }
-             if (s == PYHPC_ERR_PEER && !failed.empty()) {
-               std::string why = pyhpc::last_error();
-               pyhpc::clear_last_error();
-               return py::object(py::make_tuple(failed, why, py::none()));
-             }
-             pyhpc::check(s);
-             py::dict d;
-             d["revision"] = r.revision;
-             d["fetched"] = r.fetched;
-             d["sources"] = r.sources;
-             d["bytes_received"] = r.bytes_received;
-             d["bytes_sent"] = r.bytes_sent;
-             return py::object(py::make_tuple(failed, std::string(), d));
+             return peer_collective(
+                 [&](std::vector<uint64_t>* failed) {
+                   return self.sync_state(peer, a, &r, failed);
+                 },
+                 [&] {
+                   py::dict d;
+                   d["revision"] = r.revision;
+                   d["fetched"] = r.fetched;
+                   d["sources"] = r.sources;
+                   d["bytes_received"] = r.bytes_received;
+                   d["bytes_sent"] = r.bytes_sent;
+                   return d;
+                 },
+                 py::none());
            },
            py::arg("peer"), py::arg("tensors"), py::arg("revision"), py::arg("timeout"),
            py::arg("test_serve_delay") = 0.0)
@@ -521,24 +526,19 @@ PYBIND11_MODULE(_ccl, m) {
              a.timeout_s = timeout;
              a.test_exit_in_round = test_exit_in_round;
              ProbeResult r;
-             std::vector<uint64_t> failed;
-             pyhpc_status s;
-             {
-               py::gil_scoped_release release;
-               s = self.probe_topology(peer, a, &r, &failed);
-             }
-             if (s == PYHPC_ERR_PEER && !failed.empty()) {
-               std::string why = pyhpc::last_error();
-               pyhpc::clear_last_error();
-               return py::object(py::make_tuple(failed, why, py::none()));
-             }
-             pyhpc::check(s);
-             py::dict d;
-             d["ids"] = r.ids;
-             d["order"] = r.order;
-             d["bandwidth"] = r.bandwidth;
-             d["latency_ns"] = r.latency_ns;
-             return py::object(py::make_tuple(failed, std::string(), d));
+             return peer_collective(
+                 [&](std::vector<uint64_t>* failed) {
+                   return self.probe_topology(peer, a, &r, failed);
+                 },
+                 [&] {
+                   py::dict d;
+                   d["ids"] = r.ids;
+                   d["order"] = r.order;
+                   d["bandwidth"] = r.bandwidth;
+                   d["latency_ns"] = r.latency_ns;
+                   return d;
+                 },
+                 py::none());
            },
            py::arg("peer"), py::arg("probe_bytes"), py::arg("timeout"),
            py::arg("test_exit_in_round") = -1);
