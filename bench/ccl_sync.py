@@ -45,11 +45,7 @@ def run(ctx: Context) -> list[Measurement]:
             peer.update_topology(timeout=30)
         comm.Barrier()
         total = (64 << 20) if ctx.quick else (256 << 20)
-        tcp_reps = 3 if ctx.quick else 8
-        seconds = limits.tcp_loopback_seconds(total, 1, tcp_reps) if ctx.rank == 0 else None
-        seconds = comm.bcast(seconds, root=0)
-        limit = Measurement("TCP loopback", f"socket over 127.0.0.1, {size_label(total)} a rep",
-                            "limit", seconds, bytes_per_rep=total)
+        limit = limits.tcp_loopback_limit(ctx)
         rows = [limit]
 
         count = total // ARRAYS // 4

@@ -75,6 +75,16 @@ def memcpy_limit(ctx: Context, nbytes: int, reps: int) -> Measurement:
                        memcpy_seconds(nbytes, 2, reps, ctx.comm), x=nbytes, bytes_per_rep=nbytes)
 
 
+def tcp_loopback_limit(ctx: Context) -> Measurement:
+    """The limit row "TCP loopback": 64 MiB (quick) or 256 MiB a repetition streamed
+    over 127.0.0.1, measured on rank 0 alone (the others wait) and shared with all."""
+    nbytes, reps = ((64 << 20), 3) if ctx.quick else ((256 << 20), 8)
+    seconds = tcp_loopback_seconds(nbytes, 1, reps) if ctx.rank == 0 else None
+    seconds = ctx.comm.bcast(seconds, root=0)
+    return Measurement("TCP loopback", f"socket over 127.0.0.1, {size_label(nbytes)} a rep",
+                       "limit", seconds, bytes_per_rep=nbytes)
+
+
 def tcp_loopback_seconds(nbytes: int, warmup: int, reps: int, chunk: int = 4 << 20,
                          timeout: float = 30.0) -> list[float]:
     """Seconds to stream nbytes through a TCP connection over 127.0.0.1.

@@ -126,6 +126,25 @@ int recv(void* buf, Count count, MPI_Datatype type, int source, int tag, MPI_Com
   return system(buf, count, type, source, tag, comm, status);
 }
 
+// A request of ours whose host staging holds `bytes`; null when out of memory.
+std::unique_ptr<pi::Pending> host_pending(int64_t bytes) {
+  auto pending = std::make_unique<pi::Pending>();
+  if (!pending->staging.allocate(pi::Staging::Kind::kHost, static_cast<size_t>(bytes))) return nullptr;
+  return pending;
+}
+
+// Posts `system` (Isend, Irecv, Send_init or Recv_init) on `pending`'s staging as
+// `bytes` of MPI_PACKED, hands the staging to the request it makes, and counts
+// `call` as served by the engine.
+template <class Count, class Fn>
+int post_packed(std::unique_ptr<pi::Pending> pending, int64_t bytes, int peer, int tag, MPI_Comm comm,
+                MPI_Request* request, Fn system, pi::Call call) {
+  int rc = system(pending->staging.data(), static_cast<Count>(bytes), MPI_PACKED, peer, tag, comm, request);
+  if (rc == MPI_SUCCESS) pi::track(*request, std::move(pending));
+  pi::count(call, true);
+  return rc;
+}
+
 template <class Count>
 int isend(const void* buf, Count count, MPI_Datatype type, int dest, int tag, MPI_Comm comm,
           MPI_Request* request, IsendFn<Count> system) {
@@ -134,24 +153,17 @@ int isend(const void* buf, Count count, MPI_Datatype type, int dest, int tag, MP
       fits<Count>(plan.layout)) {
     auto pending = std::make_unique<pi::Pending>();
     if (pi::device_pack(plan, buf, &pending->staging) != PYHPC_OK) return fail_call(comm, MPI_ERR_OTHER);
-    int rc = system(pending->staging.data(), static_cast<Count>(plan.layout.size()), MPI_PACKED, dest, tag,
-                    comm, request);
-    if (rc == MPI_SUCCESS) pi::track(*request, std::move(pending));
-    pi::count(pi::kIsend, true);
-    return rc;
+    return post_packed<Count>(std::move(pending), plan.layout.size(), dest, tag, comm, request, system,
+                              pi::kIsend);
   }
   dt::Strided layout;
   if (dest != MPI_PROC_NULL && buf != nullptr && request != nullptr &&
       pi::engine_layout("pack", buf, nullptr, count, type, comm, &layout) && fits<Count>(layout)) {
-    auto pending = std::make_unique<pi::Pending>();
-    if (!pending->staging.allocate(pi::Staging::Kind::kHost, static_cast<size_t>(layout.size())))
-      return no_memory(comm);
+    auto pending = host_pending(layout.size());
+    if (!pending) return no_memory(comm);
     dt::pack_host(layout, static_cast<const char*>(buf), pending->staging.data());
-    int rc = system(pending->staging.data(), static_cast<Count>(layout.size()), MPI_PACKED, dest, tag,
-                    comm, request);
-    if (rc == MPI_SUCCESS) pi::track(*request, std::move(pending));
-    pi::count(pi::kIsend, true);
-    return rc;
+    return post_packed<Count>(std::move(pending), layout.size(), dest, tag, comm, request, system,
+                              pi::kIsend);
   }
   pi::count(pi::kIsend);
   return system(buf, count, type, dest, tag, comm, request);
@@ -169,26 +181,19 @@ int irecv(void* buf, Count count, MPI_Datatype type, int source, int tag, MPI_Co
     pending->device = true;
     pending->device_plan = plan;
     pending->user_buf = static_cast<char*>(buf);
-    int rc = system(pending->staging.data(), static_cast<Count>(plan.layout.size()), MPI_PACKED, source, tag,
-                    comm, request);
-    if (rc == MPI_SUCCESS) pi::track(*request, std::move(pending));
-    pi::count(pi::kIrecv, true);
-    return rc;
+    return post_packed<Count>(std::move(pending), plan.layout.size(), source, tag, comm, request, system,
+                              pi::kIrecv);
   }
   dt::Strided layout;
   if (source != MPI_PROC_NULL && buf != nullptr && request != nullptr &&
       pi::engine_layout("unpack", buf, nullptr, count, type, comm, &layout) && fits<Count>(layout)) {
-    auto pending = std::make_unique<pi::Pending>();
-    if (!pending->staging.allocate(pi::Staging::Kind::kHost, static_cast<size_t>(layout.size())))
-      return no_memory(comm);
+    auto pending = host_pending(layout.size());
+    if (!pending) return no_memory(comm);
     pending->receive = true;
     pending->layout = layout;
     pending->user_buf = static_cast<char*>(buf);
-    int rc = system(pending->staging.data(), static_cast<Count>(layout.size()), MPI_PACKED, source, tag,
-                    comm, request);
-    if (rc == MPI_SUCCESS) pi::track(*request, std::move(pending));
-    pi::count(pi::kIrecv, true);
-    return rc;
+    return post_packed<Count>(std::move(pending), layout.size(), source, tag, comm, request, system,
+                              pi::kIrecv);
   }
   pi::count(pi::kIrecv);
   return system(buf, count, type, source, tag, comm, request);
@@ -282,17 +287,13 @@ int send_init(const void* buf, Count count, MPI_Datatype type, int dest, int tag
   dt::Strided layout;
   if (dest != MPI_PROC_NULL && buf != nullptr && request != nullptr &&
       pi::engine_layout("pack", buf, nullptr, count, type, comm, &layout) && fits<Count>(layout)) {
-    auto pending = std::make_unique<pi::Pending>();
-    if (!pending->staging.allocate(pi::Staging::Kind::kHost, static_cast<size_t>(layout.size())))
-      return no_memory(comm);
+    auto pending = host_pending(layout.size());
+    if (!pending) return no_memory(comm);
     pending->persistent = true;
     pending->layout = layout;
     pending->user_buf = static_cast<char*>(const_cast<void*>(buf));  // only read, at each MPI_Start
-    int rc = system(pending->staging.data(), static_cast<Count>(layout.size()), MPI_PACKED, dest, tag, comm,
-                    request);
-    if (rc == MPI_SUCCESS) pi::track(*request, std::move(pending));
-    pi::count(pi::kSendInit, true);
-    return rc;
+    return post_packed<Count>(std::move(pending), layout.size(), dest, tag, comm, request, system,
+                              pi::kSendInit);
   }
   pi::count(pi::kSendInit);
   return system(buf, count, type, dest, tag, comm, request);
@@ -304,18 +305,14 @@ int recv_init(void* buf, Count count, MPI_Datatype type, int source, int tag, MP
   dt::Strided layout;
   if (source != MPI_PROC_NULL && buf != nullptr && request != nullptr &&
       pi::engine_layout("unpack", buf, nullptr, count, type, comm, &layout) && fits<Count>(layout)) {
-    auto pending = std::make_unique<pi::Pending>();
-    if (!pending->staging.allocate(pi::Staging::Kind::kHost, static_cast<size_t>(layout.size())))
-      return no_memory(comm);
+    auto pending = host_pending(layout.size());
+    if (!pending) return no_memory(comm);
     pending->persistent = true;
     pending->receive = true;
     pending->layout = layout;
     pending->user_buf = static_cast<char*>(buf);
-    int rc = system(pending->staging.data(), static_cast<Count>(layout.size()), MPI_PACKED, source, tag, comm,
-                    request);
-    if (rc == MPI_SUCCESS) pi::track(*request, std::move(pending));
-    pi::count(pi::kRecvInit, true);
-    return rc;
+    return post_packed<Count>(std::move(pending), layout.size(), source, tag, comm, request, system,
+                              pi::kRecvInit);
   }
   pi::count(pi::kRecvInit);
   return system(buf, count, type, source, tag, comm, request);

@@ -209,12 +209,15 @@ def test_every_op_and_dtype_matches_numpy(ring, tmp_path, n):
                                    rtol=1e-2 if dt.itemsize == 2 else 1e-5, atol=1e-2)
 
 
-def test_kill9_mid_allreduce_aborts_restores_and_retry_reduces_survivors(ring, tmp_path):
-    master, peers = ring(3)
-    run = Runner(tmp_path)
-    size = 1 << 18  # 1 MiB of float32 in 4 KiB chunks, 5 ms after each: ~seconds
+def kill_one_mid_allreduce(peers, run, tmp_path, **extra):
+    """A float32 sum of 1 MiB on 3 peers, in 4 KiB chunks 5 ms apart (seconds), with
+    ``extra`` settings; the middle peer is killed 0.4 s in. Checks that both survivors
+    raised PeerFailure naming it, within 5 s, with input and output untouched, then
+    updates and retries at full speed. Returns (survivors in the new ring order, their
+    results, their inputs)."""
+    size = 1 << 18
     spec = dict(dtype="float32", op="sum", size=size, kind="random", chunk=4096, delay=0.005,
-                seed=1)
+                seed=1, **extra)
     for p in peers:
         p.send("ar " + json.dumps(dict(spec, path=str(tmp_path / f"k{p.id}.npy"))))
     time.sleep(0.4)
@@ -232,12 +235,17 @@ def test_kill9_mid_allreduce_aborts_restores_and_retry_reduces_survivors(ring, t
         s.send("update")
     ups = [s.recv(20) for s in survivors]
     assert all(u.get("world") == 2 and u["dead"] == [victim.id] for u in ups), ups
+    survivors.sort(key=lambda s: ups[0]["ids"].index(s.id))  # the new ring order
     outs = run.results(run.run(survivors, **dict(spec, delay=0.0)))
-    ref = reference([make_input(s.id, "float32", size, 1, "random") for s in survivors],
-                    "sum", np.float32)
     assert outs[0].tobytes() == outs[1].tobytes()
+    return survivors, outs, [make_input(s.id, "float32", size, 1, "random") for s in survivors]
+
+
+def test_kill9_mid_allreduce_aborts_restores_and_retry_reduces_survivors(ring, tmp_path):
+    master, peers = ring(3)
+    _, outs, inputs = kill_one_mid_allreduce(peers, Runner(tmp_path), tmp_path)
     # two peers: each element is a + b in one rounding, so exact
-    assert outs[0].tobytes() == ref.tobytes()
+    assert outs[0].tobytes() == reference(inputs, "sum", np.float32).tobytes()
 
 
 def test_sigstop_mid_allreduce_fails_over_and_retry_succeeds(ring, tmp_path):

@@ -10,14 +10,11 @@ Uses the peer harness of test_ccl_allreduce.py.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
 
 import numpy as np
 import pytest
 
-from test_ccl_allreduce import BF16, Runner, make_input, ring  # noqa: F401 - the fixture
+from test_ccl_allreduce import BF16, Runner, kill_one_mid_allreduce, make_input, ring  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -198,26 +195,8 @@ def test_quantize_mismatch_and_nan_raise_on_every_peer_then_next_op_works(ring, 
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_kill9_mid_quantized_allreduce_aborts_restores_and_retry_works(ring, tmp_path, scheme):
     master, peers = ring(3)
-    run = Runner(tmp_path)
-    size = 1 << 18
-    spec = dict(dtype="float32", op="sum", size=size, kind="random", chunk=4096, delay=0.005,
-                seed=1, quantize=scheme, send_thread=0 if scheme == "zeropoint_uint8" else 1 << 24)
-    for p in peers:
-        p.send("ar " + json.dumps(dict(spec, path=str(tmp_path / f"k{p.id}.npy"))))
-    time.sleep(0.4)
-    victim, survivors = peers[1], [peers[0], peers[2]]
-    os.kill(victim.proc.pid, signal.SIGKILL)
-    replies = [s.recv(20) for s in survivors]
-    for r in replies:
-        assert r["event"] == "peer_failure" and r["ids"] == [victim.id], replies
-        assert r["restored"] and r["out_untouched"], replies
-    for s in survivors:
-        s.send("update")
-    ups = [s.recv(20) for s in survivors]
-    assert all(u.get("world") == 2 and u["dead"] == [victim.id] for u in ups), ups
-    survivors.sort(key=lambda s: [u["ids"] for u in ups][0].index(s.id))  # new ring order
-    outs = run.results(run.run(survivors, **dict(spec, delay=0.0)))
-    assert outs[0].tobytes() == outs[1].tobytes()
-    inputs = [make_input(s.id, "float32", size, 1, "random") for s in survivors]
+    _, outs, inputs = kill_one_mid_allreduce(
+        peers, Runner(tmp_path), tmp_path, quantize=scheme,
+        send_thread=0 if scheme == "zeropoint_uint8" else 1 << 24)
     exact = np.sum([a.astype(np.float64) for a in inputs], axis=0)
     assert np.all(np.abs(outs[0] - exact) <= error_bound(inputs, scheme))

@@ -9,17 +9,13 @@ Uses the peer harness of test_ccl_allreduce.py.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import time
 
 import numpy as np
 import pytest
 
 from pyhpc.ccl import Communicator
 from pyhpc.errors import InvalidArgumentError
-from test_ccl_allreduce import Runner, make_input, reference, ring  # noqa: F401 - the fixture
+from test_ccl_allreduce import Runner, kill_one_mid_allreduce, make_input, reference, ring  # noqa: F401
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -60,26 +56,9 @@ def test_results_are_the_same_bits_for_1_2_and_4_connections(ring, tmp_path, n):
 
 def test_kill9_mid_allreduce_with_4_connections_aborts_restores_and_retry_works(ring, tmp_path):
     master, peers = ring(3, connections=4)
-    run = Runner(tmp_path)
-    size = 1 << 18
-    spec = dict(dtype="float32", op="sum", size=size, kind="random", chunk=4096, delay=0.005,
-                seed=1, send_thread=0)  # and sending from a second thread
-    for p in peers:
-        p.send("ar " + json.dumps(dict(spec, path=str(tmp_path / f"k{p.id}.npy"))))
-    time.sleep(0.4)
-    victim, survivors = peers[1], [peers[0], peers[2]]
-    os.kill(victim.proc.pid, signal.SIGKILL)
-    replies = [s.recv(20) for s in survivors]
-    for r in replies:
-        assert r["event"] == "peer_failure" and r["ids"] == [victim.id], replies
-        assert r["restored"] and r["out_untouched"], replies
-    for s in survivors:
-        s.send("update")
-    ups = [s.recv(20) for s in survivors]
-    assert all(u.get("world") == 2 and u["dead"] == [victim.id] for u in ups), ups
-    outs = run.results(run.run(survivors, **dict(spec, delay=0.0)))
-    ref = reference([make_input(s.id, "float32", size, 1, "random") for s in survivors], "sum",
-                    np.float32)
+    _, outs, inputs = kill_one_mid_allreduce(peers, Runner(tmp_path), tmp_path,
+                                             send_thread=0)  # and sending from a second thread
+    ref = reference(inputs, "sum", np.float32)
     assert outs[0].tobytes() == outs[1].tobytes() == ref.tobytes()  # two peers: exact
 
 
