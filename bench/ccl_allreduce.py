@@ -4,7 +4,8 @@ gloo and MPI_Allreduce, 2 peers (``ccl_allreduce4``: the same at 4 peers).
 The MPI job only starts the peers and times them: rank 0 runs the ccl masters
 (threads), every rank is a ccl peer on 127.0.0.1, and each repetition is an
 all-reduce (SUM, float32, out of place) on pyhpc.ccl's own TCP data plane.
-pyhpc.ccl is timed plain (one connection per neighbour), with
+pyhpc.ccl is timed plain (one connection per neighbour), in place (each
+chunk's input saved before it is overwritten, for restoring on abort), with
 ``connections=CONNECTIONS`` (a second world of the same ranks), and with each
 ``quantize`` mode (on random normal data; error checked once). Baselines, over
 the same buffers: torch.distributed's gloo all_reduce (``init_method``
@@ -150,8 +151,10 @@ def size_rows(ctx, comm, MPI, plain, multi, gloo, nbytes, limit_case) -> list[Me
         raise RuntimeError("MPI Allreduce gave wrong values")
 
     reps, warmup = reps_and_warmup(nbytes, ctx.quick)
+    zeros = np.zeros(count, np.float32)  # in place: a sum of zeros stays zeros
     timers = {
         "plain": lambda k: ctx.time_reps(lambda: plain.all_reduce(send, out=mine), warmup, k),
+        "inplace": lambda k: ctx.time_reps(lambda: plain.all_reduce(zeros), warmup, k),
         "multi": lambda k: ctx.time_reps(lambda: multi.all_reduce(send, out=mine), warmup, k),
     }
     for mode in QUANTIZE:
@@ -181,6 +184,9 @@ def size_rows(ctx, comm, MPI, plain, multi, gloo, nbytes, limit_case) -> list[Me
     if gloo:
         rows.append(row(label, gloo_impl, "baseline", "gloo"))
     rows.append(row(label, mpi_impl, "baseline", "mpi"))
+    rows += [row(f"{label} in place", "pyhpc.ccl ring over TCP, in place (inputs saved "
+                 "before overwritten)", "pyhpc", "inplace"),
+             row(f"{label} in place", main_base[1], "baseline", main_base[0])]
     rows += [row(f"{label} x{CONNECTIONS} conn", f"pyhpc.ccl ring, connections={CONNECTIONS}",
                  "pyhpc", "multi"),
              row(f"{label} x{CONNECTIONS} conn", main_base[1], "baseline", main_base[0])]

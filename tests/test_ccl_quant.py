@@ -196,7 +196,6 @@ def test_quantize_mismatch_and_nan_raise_on_every_peer_then_next_op_works(ring, 
 def test_kill9_mid_quantized_allreduce_aborts_restores_and_retry_works(ring, tmp_path, scheme):
     master, peers = ring(3)
     _, outs, inputs = kill_one_mid_allreduce(
-        peers, Runner(tmp_path), tmp_path, quantize=scheme,
-        send_thread=0 if scheme == "zeropoint_uint8" else 1 << 24)
+        peers, Runner(tmp_path), tmp_path, quantize=scheme, out=scheme == "zeropoint_uint8")
     exact = np.sum([a.astype(np.float64) for a in inputs], axis=0)
     assert np.all(np.abs(outs[0] - exact) <= error_bound(inputs, scheme))

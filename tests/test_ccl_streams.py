@@ -33,12 +33,12 @@ def test_results_are_the_same_bits_for_1_2_and_4_connections(ring, tmp_path, n):
     seen = {}
     for conns in (1, 2, 4, [1, 4, 2][:n]):
         master, peers = ring(n, connections=conns)
-        # send_thread=0: sending from a second thread (the default for >= 16 MiB)
-        for quantize, send_thread in ((None, 16 << 20), (None, 0), ("minmax_uint8", 16 << 20),
-                                      ("zeropoint_uint8", 0)):
+        # out=False: in place (each chunk saved before it is overwritten)
+        for quantize, out in ((None, True), (None, False), ("minmax_uint8", True),
+                              ("zeropoint_uint8", False)):
             outs = run.results(run.run(peers, dtype="float32", op="sum", size=SIZE,
-                                       kind="random", chunk=1 << 14, out=True, by_rank=True,
-                                       quantize=quantize, send_thread=send_thread))
+                                       kind="random", chunk=1 << 14, out=out, by_rank=True,
+                                       quantize=quantize))
             assert len({o.tobytes() for o in outs}) == 1, (conns, quantize, "peers differ")
             seen.setdefault(quantize, set()).add(outs[0].tobytes())
             if quantize is None:
@@ -57,7 +57,7 @@ def test_results_are_the_same_bits_for_1_2_and_4_connections(ring, tmp_path, n):
 def test_kill9_mid_allreduce_with_4_connections_aborts_restores_and_retry_works(ring, tmp_path):
     master, peers = ring(3, connections=4)
     _, outs, inputs = kill_one_mid_allreduce(peers, Runner(tmp_path), tmp_path,
-                                             send_thread=0)  # and sending from a second thread
+                                             out=True)  # and out of place
     ref = reference(inputs, "sum", np.float32)
     assert outs[0].tobytes() == outs[1].tobytes() == ref.tobytes()  # two peers: exact
 

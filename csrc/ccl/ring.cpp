@@ -10,10 +10,8 @@
 #endif
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
-#include <functional>
 #include <limits>
 #include <type_traits>
 
@@ -213,7 +211,27 @@ void store_work(DType t, ReduceOp op, const void* work, void* out, size_t n, uin
       return;
     }
   }
-  if (n) std::memcpy(out, work, n * dtype_size(t));
+  if (n && out != work) std::memcpy(out, work, n * dtype_size(t));
+}
+
+// dst = src with non-temporal stores where it can: a saved input is read
+// again only if the operation aborts, so it should not evict what will be.
+void copy_aside(uint8_t* dst, const uint8_t* src, size_t len) {
+#if defined(__SSE2__)
+  size_t head = (16 - (reinterpret_cast<uintptr_t>(dst) & 15)) & 15;
+  if (len >= 256 + head) {
+    std::memcpy(dst, src, head);
+    size_t i = head;
+    for (; i + 64 <= len; i += 64)
+      for (int k = 0; k < 4; ++k)
+        _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 16 * k),
+                         _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 16 * k)));
+    _mm_sfence();
+    std::memcpy(dst + i, src + i, len - i);
+    return;
+  }
+#endif
+  std::memcpy(dst, src, len);
 }
 
 // ---- min-max uint8 quantization ---------------------------------------------
@@ -790,24 +808,15 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
                       "an earlier operation with tag %u failed in this topology epoch; call "
                       "update_topology() first",
                       unsigned(a.tag));
-  // A large operation sends from a second thread (below), so that its sends
-  // and receives (each a kernel copy) run at once. It is stopped before any
-  // return, and before an abort closes the sockets it writes to.
-  std::thread sender;
-  std::mutex sender_mu;
-  std::condition_variable sender_cv;  // a chunk arrived / the sender finished or failed
-  bool sender_stop = false;
-  auto stop_sender = [&] {
-    if (!sender.joinable()) return;
-    {
-      std::lock_guard<std::mutex> lock(sender_mu);
-      sender_stop = true;
-    }
-    sender_cv.notify_all();
-    sender.join();
-  };
+  // In place, the caller's buffer is overwritten chunk by chunk; each chunk's
+  // input is saved (in ch.work) first, and these byte ranges are put back
+  // on abort.
+  std::vector<std::pair<uint64_t, uint64_t>> saved;
+  uint8_t* backup = nullptr;
   auto abort = [&](pyhpc_status s) {
-    stop_sender();
+    for (const auto& r : saved) std::memcpy(static_cast<uint8_t*>(a.out) + r.first,
+                                            backup + r.first, r.second);
+    saved.clear();
     ch.close_fds();
     ch.broken = true;
     return s;
@@ -851,17 +860,28 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
   // Members reported dead that the master said this op can do without.
   std::vector<uint64_t> cleared;
 
-  // The work buffer (float32 when quantized: loaded first, to flag non-finite
-  // inputs in the descriptor).
-  const uint64_t count = a.count;
-  if (ch.work.size() < count * wsize) ch.work.resize(count * wsize);
-  uint8_t* work = ch.work.data();
   // Where this peer's own values are read from: float32/float64/integer input
   // (float32 only when quantized) is read in place (the reduce-scatter's first
-  // send and its reductions read it, and every byte of `work` is written by a
-  // reduction or an all-gather chunk), so it is never copied whole.
+  // send and its reductions read it, and every byte of the result is written
+  // by a reduction or an all-gather chunk), so it is never copied whole.
+  const uint64_t count = a.count;
   const bool direct = quant ? a.dtype == DType::kF32 : work_size(a.dtype) == dtype_size(a.dtype);
+  // Where the result is built: a private buffer (float32 when quantized or for
+  // 16-bit floats: loaded first, to flag non-finite inputs in the descriptor),
+  // copied out on COMMIT; or, unquantized with the caller's dtype, the caller's
+  // output itself (out of place, the input is read only; in place, each chunk
+  // is saved before it is first overwritten, and restored on abort).
+  const bool in_out = direct && !quant;
+  const bool in_place = a.out == a.in;
+  if ((!in_out || in_place) && ch.work.size() < count * wsize) ch.work.resize(count * wsize);
+  uint8_t* work = in_out ? static_cast<uint8_t*>(a.out) : ch.work.data();
+  if (in_out && in_place) backup = ch.work.data();
   const uint8_t* own = direct ? static_cast<const uint8_t*>(a.in) : work;
+  auto save = [&](uint64_t off, uint64_t len) {
+    if (!backup || len == 0) return;
+    copy_aside(backup + off, work + off, len);
+    saved.push_back({off, len});
+  };
   bool nonfinite = false;
   if (quant)
     nonfinite = !load_work_q(a.dtype, a.in, reinterpret_cast<float*>(work), count);
@@ -986,8 +1006,7 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
   std::vector<Incoming> recvs(nr);
   for (size_t q = 0; q < ns; ++q) sends[q].next = q;
   for (size_t q = 0; q < nr; ++q) recvs[q].next = q;
-  std::unique_ptr<std::atomic<uint8_t>[]> arrived(new std::atomic<uint8_t>[total]);
-  for (uint64_t i = 0; i < total; ++i) arrived[i].store(0, std::memory_order_relaxed);
+  std::vector<uint8_t> arrived(total, 0);
   std::vector<pollfd> fds(ns + nr);
   uint64_t sent = 0, recvd = 0, bytes_sent = 0;
   auto last_check = Clock::now();
@@ -1040,7 +1059,7 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
   auto can_start = [&](size_t q) {
     const Outgoing& o = sends[q];
     return !o.active && o.next < total &&
-           (o.next < C || arrived[o.next - C].load(std::memory_order_acquire));
+           (o.next < C || arrived[o.next - C]);
   };
   // One sendmsg on stream q; false (and `err`) if the connection failed.
   auto send_some = [&](size_t q, std::string* err) {
@@ -1078,89 +1097,15 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
     }
     return true;
   };
-  const bool threaded = count * wsize >= a.send_thread_bytes;
-  enum { kSending, kSent, kSendFailed } send_state = kSending;
-  std::string send_error;
-  // Declared after everything the sender uses, so it is joined first.
-  struct JoinAtExit {
-    std::function<void()> f;
-    ~JoinAtExit() { f(); }
-  } join_at_exit{stop_sender};
-  if (threaded) {
-    sender = std::thread([&] {
-      std::vector<pollfd> sfds(ns);
-      std::string err;
-      auto finish = [&](decltype(send_state) st) {
-        std::lock_guard<std::mutex> lock(sender_mu);
-        send_state = st;
-        send_error = err;
-        sender_cv.notify_all();
-      };
-      for (;;) {
-        bool any = false;
-        for (size_t q = 0; q < ns; ++q) {
-          if (can_start(q)) start_send(q);
-          sfds[q] = {ch.send_fds[q], short(sends[q].active ? POLLOUT : 0), 0};
-          any |= sends[q].active;
-        }
-        if (sent == total) return finish(kSent);
-        if (!any) {  // every stream waits for a chunk to arrive
-          std::unique_lock<std::mutex> lock(sender_mu);
-          sender_cv.wait_for(lock, std::chrono::milliseconds(kPollSliceMs), [&] {
-            if (sender_stop) return true;
-            for (size_t q = 0; q < ns; ++q)
-              if (can_start(q)) return true;
-            return false;
-          });
-          if (sender_stop) return;
-          continue;
-        }
-        {
-          std::lock_guard<std::mutex> lock(sender_mu);
-          if (sender_stop) return;
-        }
-        int pr = ::poll(sfds.data(), nfds_t(ns), kPollSliceMs);
-        if (pr < 0 && errno != EINTR) {
-          err = std::string("poll: ") + std::strerror(errno);
-          return finish(kSendFailed);
-        }
-        for (size_t q = 0; q < ns; ++q)
-          if (sends[q].active && (sfds[q].revents & (POLLOUT | POLLERR | POLLHUP)) &&
-              !send_some(q, &err))
-            return finish(kSendFailed);
-      }
-    });
-  }
-  auto sending = [&] {
-    if (!threaded) return sent < total;
-    std::lock_guard<std::mutex> lock(sender_mu);
-    return send_state == kSending;
-  };
 
-  while (recvd < total || sending()) {
+  while (recvd < total || sent < total) {
     for (size_t q = 0; q < ns; ++q) {
-      if (!threaded && can_start(q)) start_send(q);
-      fds[q] = {threaded ? -1 : ch.send_fds[q], short(!threaded && sends[q].active ? POLLOUT : 0),
-                0};
+      if (can_start(q)) start_send(q);
+      fds[q] = {ch.send_fds[q], short(sends[q].active ? POLLOUT : 0), 0};
     }
     for (size_t q = 0; q < nr; ++q)
       fds[ns + q] = {ch.recv_fds[q], short(recvs[q].next < total ? POLLIN : 0), 0};
-    int pr = 0;
-    if (threaded && recvd == total) {  // all in: wait for the sender
-      std::unique_lock<std::mutex> lock(sender_mu);
-      sender_cv.wait_for(lock, std::chrono::milliseconds(kPollSliceMs),
-                         [&] { return send_state != kSending; });
-    } else {
-      pr = ::poll(fds.data(), nfds_t(fds.size()), ms_until(deadline, kPollSliceMs));
-    }
-    if (threaded) {
-      std::string why;
-      {
-        std::lock_guard<std::mutex> lock(sender_mu);
-        if (send_state == kSendFailed) why = send_error;
-      }
-      if (!why.empty()) return peer_failure(ch.right_id, why);
-    }
+    int pr = ::poll(fds.data(), nfds_t(fds.size()), ms_until(deadline, kPollSliceMs));
     if (pr < 0 && errno != EINTR)
       return peer_failure(ch.left_id, std::string("poll: ") + std::strerror(errno));
     auto now = Clock::now();
@@ -1190,7 +1135,7 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
       if (pr <= 0) continue;
     }
     std::string err;
-    for (size_t q = 0; q < ns && !threaded; ++q)
+    for (size_t q = 0; q < ns; ++q)
       if (sends[q].active && (fds[q].revents & (POLLOUT | POLLERR | POLLHUP)) &&
           !send_some(q, &err))
         return peer_failure(ch.right_id, err);
@@ -1230,6 +1175,7 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
                                     static_cast<unsigned long long>(seq),
                                     static_cast<unsigned long long>(s),
                                     static_cast<unsigned long long>(j)));
+          if (!quant && s >= n - 1 && recv_seg(s) == rank) save(r.off, r.len);  // sent at step 0 only
           r.dst = quant ? ch.qstage[q].data() : s < n - 1 ? ch.stage[q].data() : work + r.off;
           r.got = 0;
           r.plen = plen;
@@ -1259,16 +1205,11 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
           dequantize_chunk(a.quant, prm, codes, e, w, nullptr);
         }
       } else if (s < n - 1) {
+        save(r.off, r.len);  // (in place: own + r.off is work + r.off)
         reduce_work(a.dtype, work + r.off, ch.stage[q].data(), own + r.off,
                     size_t(r.len / wsize), a.op);
       }
-      if (threaded) {
-        std::lock_guard<std::mutex> lock(sender_mu);
-        arrived[r.next].store(1, std::memory_order_release);
-      } else {
-        arrived[r.next].store(1, std::memory_order_release);
-      }
-      if (threaded) sender_cv.notify_all();
+      arrived[r.next] = 1;
       r.next += nr;
       ++recvd;
       r.hgot = 0;
@@ -1276,10 +1217,8 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
         std::this_thread::sleep_for(std::chrono::duration<double>(a.test_chunk_delay_s));
     }
   }
-  stop_sender();  // it has finished (or failed): joins it
-  if (send_state == kSendFailed) return peer_failure(ch.right_id, send_error);
-  // Every chunk arrived: the commit round. Only on COMMIT does the caller's
-  // buffer change.
+  // Every chunk arrived: the commit round. Only on COMMIT does the result
+  // stand (an abort puts an in-place input back).
   if (a.test_exit_at == 1) ::_exit(3);
   Verdict v = Verdict::kAbort;
   std::vector<uint64_t> dead;
@@ -1298,7 +1237,7 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
                               "is untouched",
                               unsigned(a.tag)));
   }
-  if (st != PYHPC_OK) return abort(st);  // lost the master: a clean error, output untouched
+  if (st != PYHPC_OK) return abort(st);  // lost the master: a clean error, input restored
   if (v != Verdict::kCommit)
     return aborted_by_master(std::move(dead), "a member failed or aborted before finishing");
   if (quant && a.dtype == DType::kF64) {

@@ -41,14 +41,18 @@
 // into chunks, a chunk of step s+1 sent as soon as the same chunk of step s
 // arrived (pipelined). Chunk i of the schedule travels on stream
 // i mod streams, so each stream carries its chunks in order and the reduction
-// order does not depend on the stream count. Operations of at least
-// send_thread_bytes send from a second thread while the calling one receives.
-// The reduction runs into a private work buffer (float32 for 16-bit floats);
-// other inputs are read in place. (3) The commit round (master.hpp): with all
-// its chunks in, a peer votes YES to the master and writes the caller's output only on
-// its COMMIT; on ABORT (a member died or froze before its YES, or aborted)
-// input and output stay untouched. So every survivor applies the operation or
-// none does. A peer told mid-ring that a member died asks the master (QUERY):
+// order does not depend on the stream count. The calling thread polls all
+// streams, sending and receiving (a second, sending thread was slower here
+// once the result no longer took a copy, at 2 and 4 peers, 16-256 MiB).
+// Unquantized float32/float64/integer operations reduce straight into the
+// caller's output and read the input in place (in place, each chunk's input
+// is saved to a private buffer just before it is first overwritten); 16-bit
+// floats and quantized ones reduce into a private float32 buffer, converted
+// into the output on COMMIT. (3) The commit round (master.hpp): with all its
+// chunks in, a peer votes YES to the master, and the result stands only on its
+// COMMIT; on ABORT (a member died or froze before its YES, or aborted) the
+// input is untouched or put back (in place) and an out-of-place output holds
+// no defined values. So every survivor applies the operation or none does. A peer told mid-ring that a member died asks the master (QUERY):
 // if that member had voted YES, every peer can still finish (CONTINUE); a
 // local failure (a neighbour's connection, the deadline) is voted NO.
 //
@@ -105,10 +109,6 @@ struct AllReduceArgs {
   uint32_t tag = 0;
   double timeout_s = 30.0;
   size_t chunk_bytes = size_t(1) << 19;
-  // Operations whose work buffer has at least this many bytes send from a
-  // second thread (sends and receives overlap; the thread's start costs more
-  // than it gains below ~16 MiB on loopback).
-  size_t send_thread_bytes = size_t(16) << 20;
   double test_chunk_delay_s = 0;  // tests: sleep after each chunk received
   int test_exit_at = 0;  // tests: _exit(3) the process 1: right before its YES vote, 2: right after
   // out (optional): bytes of DATA frames (headers included) this peer sent in

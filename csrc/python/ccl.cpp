@@ -452,7 +452,7 @@ PYBIND11_MODULE(_ccl, m) {
       .def("all_reduce",
            [](DataPlane& self, Peer& peer, uintptr_t in, uintptr_t out, uint64_t count,
               int dtype, int op, uint32_t tag, double timeout, size_t chunk_bytes,
-              double test_chunk_delay, int test_exit_at, int quantize, size_t send_thread_bytes) {
+              double test_chunk_delay, int test_exit_at, int quantize) {
              if (dtype < 1 || dtype > 6 || op < 1 || op > 4 || quantize < 0 || quantize > 2)
                pyhpc::raise_status(PYHPC_FAIL(PYHPC_ERR_INVALID_ARGUMENT,
                                               "bad dtype %d, op %d or quantize %d", dtype, op,
@@ -466,7 +466,6 @@ PYBIND11_MODULE(_ccl, m) {
              a.tag = tag;
              a.timeout_s = timeout;
              a.chunk_bytes = chunk_bytes;
-             a.send_thread_bytes = send_thread_bytes;
              a.test_chunk_delay_s = test_chunk_delay;
              a.test_exit_at = test_exit_at;
              a.quant = static_cast<Quant>(quantize);
@@ -479,7 +478,7 @@ PYBIND11_MODULE(_ccl, m) {
            py::arg("peer"), py::arg("inp"), py::arg("out"), py::arg("count"), py::arg("dtype"),
            py::arg("op"), py::arg("tag"), py::arg("timeout"), py::arg("chunk_bytes"),
            py::arg("test_chunk_delay") = 0.0, py::arg("test_exit_at") = 0,
-           py::arg("quantize") = 0, py::arg("send_thread_bytes") = size_t(16) << 20)
+           py::arg("quantize") = 0)
       // tensors: [(name bytes, dtype, itemsize, shape, nbytes, data pointer)], names sorted.
       // Returns ([], "", result dict) on success, (failed peer ids, message, None) on a
       // peer failure; raises for anything else. The caller keeps the arrays alive.

@@ -18,8 +18,8 @@ dead. Dead peers are removed at the next update and reported by id::
 :meth:`Communicator.all_reduce` is a ring all-reduce over the members, on
 authenticated peer-to-peer TCP connections (the data plane, csrc/ccl/ring.hpp).
 If a member dies, freezes or the operation's deadline passes, every survivor
-raises :class:`PeerFailure` naming it, with its input and output untouched;
-call :meth:`~Communicator.update_topology` and retry: the result is then the
+raises :class:`PeerFailure` naming it, with its input as it was (an
+out-of-place output then holds no defined values); call :meth:`~Communicator.update_topology` and retry: the result is then the
 reduction over exactly the survivors::
 
     while True:
@@ -70,7 +70,6 @@ DEFAULT_HANDSHAKE_TIMEOUT = 2.0
 DEFAULT_UPDATE_TIMEOUT = 60.0
 DEFAULT_OP_TIMEOUT = 30.0
 DEFAULT_CHUNK_BYTES = 1 << 19
-DEFAULT_SEND_THREAD_BYTES = 16 << 20  # ops this large send from a second thread
 _MAX_TAG = 2**32 - 1
 # Tests only: the process _exit()s right before / right after its YES vote in the commit round.
 _EXIT_AT = {None: 0, "before_vote": 1, "after_vote": 2}
@@ -183,6 +182,12 @@ def _state_dtype(a: np.ndarray) -> Optional[str]:
     if _ml_dtypes is not None and a.dtype == np.dtype(_ml_dtypes.bfloat16):
         return "bfloat16"
     return None
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two C-contiguous arrays share any byte (views of one buffer included)."""
+    a0, b0 = a.ctypes.data, b.ctypes.data
+    return a.nbytes > 0 and b.nbytes > 0 and a0 < b0 + b.nbytes and b0 < a0 + a.nbytes
 
 
 def _on_gpu(a) -> bool:
@@ -492,27 +497,27 @@ class Communicator:
 
     def all_reduce(self, array, op: str = "sum", out=None, tag: int = 0,
                    timeout: float | None = None, quantize: str | None = None, *, _chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                   _chunk_delay: float = 0.0, _exit_at: str | None = None,
-                   _send_thread_bytes: int = DEFAULT_SEND_THREAD_BYTES):
+                   _chunk_delay: float = 0.0, _exit_at: str | None = None):
         """Reduce ``array`` over every member (blocking); returns the result.
 
         op: "sum", "avg" (sum / world size; floor division for integers), "min",
         "max". dtypes: float16, bfloat16 (with ml_dtypes), float32, float64,
         int32, int64; C-contiguous numpy arrays, the same size, dtype and op on
         every peer (checked: all peers raise InvalidArgumentError otherwise).
-        Result in place, or in ``out`` (same shape and dtype; ``array`` is then
-        untouched). 16-bit floats are accumulated in float32 and rounded once.
+        Result in place, or in ``out`` (same shape and dtype, not overlapping
+        ``array``, which is then only read). 16-bit floats are accumulated in float32 and rounded once.
         Every peer gets bit-identical results.
 
         The outcome is agreed through the master (a commit round): either
         every surviving peer returns the full result, or every one raises.
         On :class:`PeerFailure` (a member died, froze or aborted before it held
         its whole result, or ``timeout`` seconds, default ``op_timeout``,
-        passed) ``array`` and ``out`` are untouched: call :meth:`update_topology`
-        and retry. A member that dies after it held its whole result does not
+        passed) ``array`` holds its input again (in place it is restored;
+        out of place it was only read) and ``out`` holds no defined values:
+        call :meth:`update_topology` and retry. A member that dies after it held its whole result does not
         stop the others from committing (its contribution is in the result).
         If the master is lost during the commit round the peers raise
-        :class:`pyhpc.PeerError` (or TimeoutError if it froze), output untouched. ``tag`` (0..2**32-1) selects the
+        :class:`pyhpc.PeerError` (or TimeoutError if it froze), input restored. ``tag`` (0..2**32-1) selects the
         channel: operations with different tags may run at the same time from
         different threads; the ones with one tag run in the order called, which
         must be the same on every peer.
@@ -553,8 +558,7 @@ class Communicator:
                                            "the input's shape and dtype")
             host = _to_host(array, "all_reduce")  # reduced on the host, written back on success
             self.all_reduce(host, op, None, tag, timeout, quantize, _chunk_bytes=_chunk_bytes,
-                            _chunk_delay=_chunk_delay, _exit_at=_exit_at,
-                            _send_thread_bytes=_send_thread_bytes)
+                            _chunk_delay=_chunk_delay, _exit_at=_exit_at)
             target = array if out is None else out
             target.set(host)
             return target
@@ -578,6 +582,9 @@ class Communicator:
                                        "input's shape and dtype")
         if not out.flags.writeable:
             raise InvalidArgumentError("all_reduce: the output array is read-only")
+        if out.ctypes.data != array.ctypes.data and _overlap(array, out):
+            raise InvalidArgumentError("all_reduce: out overlaps array (pass out=None, or the "
+                                       "same array, to reduce in place)")
         if not isinstance(tag, (int, np.integer)) or not 0 <= int(tag) <= _MAX_TAG:
             raise InvalidArgumentError(f"all_reduce: tag must be an int in 0..{_MAX_TAG}")
         timeout = self.op_timeout if timeout is None else float(timeout)
@@ -597,7 +604,7 @@ class Communicator:
         failed, why, nbytes = self._data.all_reduce(
             self._impl, array.ctypes.data, out.ctypes.data, array.size, code, _OPS[op],
             int(tag), timeout, int(_chunk_bytes), float(_chunk_delay), _EXIT_AT[_exit_at],
-            _QUANTIZE[quantize], int(_send_thread_bytes))
+            _QUANTIZE[quantize])
         self.last_bytes_sent = int(nbytes)
         if failed:
             raise PeerFailure(f"all_reduce: peer(s) {', '.join(map(str, failed))} failed ({why}); "
