@@ -1,19 +1,35 @@
 // All-to-all exchanges of derived datatypes (MPI_Alltoallv, MPI_Alltoallw,
 // MPI_Neighbor_alltoallv/w, their nonblocking MPI_I* forms and the _c twins of
-// all): where pyhpc's engine serves the types, each peer's part is packed into
-// one contiguous staging buffer and the system MPI moves MPI_PACKED bytes
+// all): where pyhpc serves the types, each peer's part is packed into one
+// contiguous staging buffer per side and the system MPI moves MPI_PACKED bytes
 // (counts and displacements in bytes), then each received part is unpacked: at
 // once, or for a nonblocking call when its request completes (the staging and
 // the argument arrays stay with the request until then, see requests.hpp).
-// Intercommunicators, MPI_IN_PLACE, a mix of served and unserved types, or
-// counts and displacements outside [0, INT_MAX] go to the system MPI exactly
-// as called.
+//
+// Host buffers are packed by pyhpc's engine, device (CUDA) buffers on the GPU
+// (device_path.hpp), so an MPI that is not CUDA-aware only sees host bytes
+// (or, with PYHPC_INTERPOSE_DEVICE=device, device staging). A side's memory is
+// that of its buffer, and the sides are decided as follows:
+//   - both sides host memory: served only when the engine serves every part of
+//     both sides (a mix of served and unserved types goes to the system MPI);
+//   - a side in device memory: every part of it with something to move must be
+//     served on the GPU, else the whole call goes to the system MPI (as does
+//     every device buffer under PYHPC_INTERPOSE_DEVICE=system). The other side,
+//     when in host memory, is packed by the engine if it serves every part,
+//     else handed to the system MPI with the caller's own counts,
+//     displacements and types (a device send with a host receive, or the
+//     reverse, thus works whatever the host strategy).
+// Intercommunicators, MPI_IN_PLACE, or counts and displacements outside
+// [0, INT_MAX] go to the system MPI exactly as called.
 #include <limits>
 #include <memory>
+#include <string>
 #include <type_traits>
 #include <vector>
 
 #include "datatype/pack_host.hpp"
+#include "interpose/device_path.hpp"
+#include "interpose/device_ptr.hpp"
 #include "interpose/requests.hpp"
 #include "interpose/state.hpp"
 
@@ -22,28 +38,53 @@ namespace dt = pyhpc::datatype;
 
 namespace {
 
-struct Part {
-  dt::Strided layout;
-  const char* base = nullptr;  // user buffer + displacement
+// How one side of an exchange is moved: with the caller's own arguments,
+// packed on the host by pyhpc's engine, or packed on the GPU.
+enum class Via { kAsCalled, kHost, kDevice };
+
+// One side of an exchange: the caller's arguments (counts and displacements
+// as ints) and, per peer, the part to pack or unpack (base null: nothing to
+// move) at its offset in the side's staging of `total` bytes.
+struct Side {
+  void* buf = nullptr;
+  std::vector<int> counts, displs;
+  std::vector<MPI_Datatype> types;  // one per peer (the v calls: their one type, repeated)
+  MPI_Datatype type = MPI_DATATYPE_NULL;  // the v calls' one type
+  bool on_device = false;  // the buffer is GPU memory
+  Via via = Via::kAsCalled;
+  std::vector<pi::StagedPart> parts;
+  int64_t total = 0;
+  pi::DeviceStrategy strategy = pi::DeviceStrategy::kOneShot;  // kDevice sides
 };
 
-// The parts of one side, or false if any part is not the engine's to serve.
-// displs are in units of `unit` bytes (extent of the type, or 1 for alltoallw).
-bool plan(const char* op, const void* buf, int n, const int counts[], const int displs[],
-          const MPI_Datatype types[], bool one_type, const MPI_Aint* units, MPI_Comm comm,
-          std::vector<Part>* parts, int64_t* total) {
-  parts->assign(static_cast<size_t>(n), Part{});
-  *total = 0;
-  for (int i = 0; i < n; ++i) {
-    const MPI_Datatype type = one_type ? types[0] : types[i];
-    const char* base = static_cast<const char*>(buf) + static_cast<int64_t>(displs[i]) * units[one_type ? 0 : i];
-    Part& part = (*parts)[static_cast<size_t>(i)];
-    if (counts[i] == 0) continue;  // nothing to move for this peer
-    if (!pi::engine_layout(op, base, nullptr, counts[i], type, comm, &part.layout)) return false;
+// Plans how `side` (its buf, counts, displs and types set) moves: each part
+// served by the GPU (device buffer) or the engine (host buffer), or else the
+// side as called. displs are in units of `unit` bytes (the extent of the
+// type, or 1 for alltoallw).
+void plan(const char* op, MPI_Aint unit, MPI_Comm comm, Side* side) {
+  const size_t n = side->counts.size();
+  const bool device = pi::is_device_pointer(side->buf);
+  side->parts.assign(n, pi::StagedPart{});
+  side->on_device = false;
+  side->via = Via::kAsCalled;
+  int64_t total = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (side->counts[i] == 0) continue;  // nothing to move for this peer
+    side->on_device = device;            // a side with nothing to move is neither
+    const MPI_Datatype type = side->types[i];
+    char* base = static_cast<char*>(side->buf) + static_cast<int64_t>(side->displs[i]) * unit;
+    pi::StagedPart& part = side->parts[i];
+    if (device) {
+      pi::DevicePlan gpu;
+      if (!pi::device_plan(base, side->counts[i], type, comm, &gpu)) return;
+      part.layout = gpu.layout;
+    } else if (!pi::engine_layout(op, base, nullptr, side->counts[i], type, comm, &part.layout)) {
+      return;
+    }
     part.base = base;
-    *total += part.layout.size();
+    total += part.layout.size();
   }
-  return *total > 0 && *total <= std::numeric_limits<int>::max();
+  if (total > 0 && total <= std::numeric_limits<int>::max()) side->via = device ? Via::kDevice : Via::kHost;
 }
 
 // Peers of an intracommunicator (false for an intercommunicator or a bad one:
@@ -75,39 +116,6 @@ int neighbor_counts(MPI_Comm comm, int* indegree, int* outdegree) {
   return rc;
 }
 
-// Packs every send part into staging; returns byte counts and displacements.
-void pack_parts(const std::vector<Part>& parts, char* staging, std::vector<int>* counts,
-                std::vector<int>* displs) {
-  counts->assign(parts.size(), 0);
-  displs->assign(parts.size(), 0);
-  int64_t offset = 0;
-  for (size_t i = 0; i < parts.size(); ++i) {
-    (*displs)[i] = static_cast<int>(offset);
-    if (parts[i].base == nullptr) continue;
-    dt::pack_host(parts[i].layout, parts[i].base, staging + offset);
-    (*counts)[i] = static_cast<int>(parts[i].layout.size());
-    offset += parts[i].layout.size();
-  }
-}
-
-void receive_layout(const std::vector<Part>& parts, std::vector<int>* counts, std::vector<int>* displs) {
-  counts->assign(parts.size(), 0);
-  displs->assign(parts.size(), 0);
-  int64_t offset = 0;
-  for (size_t i = 0; i < parts.size(); ++i) {
-    (*displs)[i] = static_cast<int>(offset);
-    if (parts[i].base == nullptr) continue;
-    (*counts)[i] = static_cast<int>(parts[i].layout.size());
-    offset += parts[i].layout.size();
-  }
-}
-
-void unpack_parts(const std::vector<Part>& parts, const char* staging, const std::vector<int>& displs) {
-  for (size_t i = 0; i < parts.size(); ++i)
-    if (parts[i].base != nullptr)
-      dt::unpack_host(parts[i].layout, staging + displs[i], const_cast<char*>(parts[i].base));
-}
-
 // Counts or displacements (int, MPI_Aint or MPI_Count) as the ints plan()
 // takes: false unless each is in [0, INT_MAX].
 template <class T>
@@ -121,10 +129,9 @@ bool ints(int n, const T values[], std::vector<int>* out) {
   return true;
 }
 
-// Both sides of a served exchange.
+// Both sides of an exchange.
 struct Exchange {
-  std::vector<Part> sparts, rparts;
-  int64_t stotal = 0, rtotal = 0;
+  Side send, recv;
 };
 
 // Peers to send to and receive from: an intracommunicator's size, or a
@@ -150,13 +157,40 @@ void drop_null_neighbors(MPI_Comm comm, Exchange* x) {
     PMPI_Cart_shift(comm, d, 1, &peer[0], &peer[1]);
     for (int side = 0; side < 2; ++side) {
       const size_t i = static_cast<size_t>(2 * d + side);
-      if (peer[side] != MPI_PROC_NULL || i >= x->sparts.size() || i >= x->rparts.size()) continue;
-      if (x->sparts[i].base != nullptr) x->stotal -= x->sparts[i].layout.size();
-      if (x->rparts[i].base != nullptr) x->rtotal -= x->rparts[i].layout.size();
-      x->sparts[i].base = nullptr;
-      x->rparts[i].base = nullptr;
+      if (peer[side] != MPI_PROC_NULL || i >= x->send.parts.size() || i >= x->recv.parts.size()) continue;
+      x->send.parts[i].base = nullptr;
+      x->recv.parts[i].base = nullptr;
     }
   }
+}
+
+// Places each part with something to move after the one before in the
+// side's staging, and picks the GPU strategy for a device side's total.
+void place_parts(Side* side) {
+  side->total = 0;
+  for (pi::StagedPart& part : side->parts) {
+    part.offset = side->total;
+    if (part.base != nullptr) side->total += part.layout.size();
+  }
+  if (side->via == Via::kDevice) side->strategy = pi::device_strategy(side->total);
+}
+
+// Whether the interposer serves the exchange (see the file's header).
+bool served(const Exchange& x) {
+  const Side &s = x.send, &r = x.recv;
+  if (!s.on_device && !r.on_device) return s.via == Via::kHost && r.via == Via::kHost;
+  return (!s.on_device || s.via == Via::kDevice) && (!r.on_device || r.via == Via::kDevice);
+}
+
+// Plans both sides (their arguments set) and finishes a served exchange's layout.
+bool plan_exchange(MPI_Aint sunit, MPI_Aint runit, MPI_Comm comm, bool neighbors, Exchange* x) {
+  plan("pack", sunit, comm, &x->send);
+  plan("unpack", runit, comm, &x->recv);
+  if (!served(*x)) return false;
+  if (neighbors) drop_null_neighbors(comm, x);
+  place_parts(&x->send);
+  place_parts(&x->recv);
+  return true;
 }
 
 // The v calls: one type per side, displacements in its extents.
@@ -165,17 +199,20 @@ bool plan_v(const void* sendbuf, const C sendcounts[], const D sdispls[], MPI_Da
             const C recvcounts[], const D rdispls[], MPI_Datatype recvtype, MPI_Comm comm, bool neighbors,
             Exchange* x) {
   int nsend = 0, nrecv = 0;
-  std::vector<int> sc, sd, rc, rd;
   MPI_Aint lb = 0, sext = 0, rext = 0;
-  const bool served =
-      sendbuf != MPI_IN_PLACE && sendbuf != nullptr && recvbuf != nullptr && peers(comm, neighbors, &nsend, &nrecv) &&
-      ints(nsend, sendcounts, &sc) && ints(nsend, sdispls, &sd) && ints(nrecv, recvcounts, &rc) &&
-      ints(nrecv, rdispls, &rd) && PMPI_Type_get_extent(sendtype, &lb, &sext) == MPI_SUCCESS &&
-      PMPI_Type_get_extent(recvtype, &lb, &rext) == MPI_SUCCESS &&
-      plan("pack", sendbuf, nsend, sc.data(), sd.data(), &sendtype, true, &sext, comm, &x->sparts, &x->stotal) &&
-      plan("unpack", recvbuf, nrecv, rc.data(), rd.data(), &recvtype, true, &rext, comm, &x->rparts, &x->rtotal);
-  if (served && neighbors) drop_null_neighbors(comm, x);
-  return served;
+  if (sendbuf == MPI_IN_PLACE || sendbuf == nullptr || recvbuf == nullptr || !peers(comm, neighbors, &nsend, &nrecv) ||
+      !ints(nsend, sendcounts, &x->send.counts) || !ints(nsend, sdispls, &x->send.displs) ||
+      !ints(nrecv, recvcounts, &x->recv.counts) || !ints(nrecv, rdispls, &x->recv.displs) ||
+      PMPI_Type_get_extent(sendtype, &lb, &sext) != MPI_SUCCESS ||
+      PMPI_Type_get_extent(recvtype, &lb, &rext) != MPI_SUCCESS)
+    return false;
+  x->send.buf = const_cast<void*>(sendbuf);
+  x->send.type = sendtype;
+  x->send.types.assign(static_cast<size_t>(nsend), sendtype);
+  x->recv.buf = recvbuf;
+  x->recv.type = recvtype;
+  x->recv.types.assign(static_cast<size_t>(nrecv), recvtype);
+  return plan_exchange(sext, rext, comm, neighbors, x);
 }
 
 // The w calls: a type per peer, displacements in bytes.
@@ -184,85 +221,135 @@ bool plan_w(const void* sendbuf, const C sendcounts[], const D sdispls[], const 
             void* recvbuf, const C recvcounts[], const D rdispls[], const MPI_Datatype recvtypes[], MPI_Comm comm,
             bool neighbors, Exchange* x) {
   int nsend = 0, nrecv = 0;
-  std::vector<int> sc, sd, rc, rd;
   if (sendbuf == MPI_IN_PLACE || sendbuf == nullptr || recvbuf == nullptr || sendtypes == nullptr ||
-      recvtypes == nullptr || !peers(comm, neighbors, &nsend, &nrecv) || !ints(nsend, sendcounts, &sc) ||
-      !ints(nsend, sdispls, &sd) || !ints(nrecv, recvcounts, &rc) || !ints(nrecv, rdispls, &rd))
+      recvtypes == nullptr || !peers(comm, neighbors, &nsend, &nrecv) || !ints(nsend, sendcounts, &x->send.counts) ||
+      !ints(nsend, sdispls, &x->send.displs) || !ints(nrecv, recvcounts, &x->recv.counts) ||
+      !ints(nrecv, rdispls, &x->recv.displs))
     return false;
-  std::vector<MPI_Aint> sunits(static_cast<size_t>(nsend), 1), runits(static_cast<size_t>(nrecv), 1);
-  const bool served = plan("pack", sendbuf, nsend, sc.data(), sd.data(), sendtypes, false, sunits.data(), comm,
-                           &x->sparts, &x->stotal) &&
-                      plan("unpack", recvbuf, nrecv, rc.data(), rd.data(), recvtypes, false, runits.data(), comm,
-                           &x->rparts, &x->rtotal);
-  if (served && neighbors) drop_null_neighbors(comm, x);
-  return served;
+  x->send.buf = const_cast<void*>(sendbuf);
+  x->send.types.assign(sendtypes, sendtypes + nsend);
+  x->recv.buf = recvbuf;
+  x->recv.types.assign(recvtypes, recvtypes + nrecv);
+  return plan_exchange(1, 1, comm, neighbors, x);
 }
 
-// The packed exchange's arguments: staging, byte counts and displacements,
-// MPI_PACKED per peer. A nonblocking call keeps them with its request (MPI
-// reads them until it completes).
-struct PackedArgs : pi::KeepAlive {
-  pi::Staging send, recv;
-  std::vector<int> sc, sd, rc, rd;
-  std::vector<MPI_Aint> sda, rda;  // the byte displacements as MPI_Aint (Neighbor_alltoallw)
-  std::vector<MPI_Datatype> stypes, rtypes;
+// What the system MPI gets for one side: the caller's own arguments, or
+// MPI_PACKED byte counts and displacements into the side's staging.
+struct SideArgs {
+  pi::Staging staging;
+  void* buf = nullptr;
+  std::vector<int> counts, displs;
+  std::vector<MPI_Aint> adispls;  // displs as MPI_Aint (Neighbor_alltoallw)
+  std::vector<MPI_Datatype> types;  // the w calls
+  MPI_Datatype type = MPI_PACKED;   // the v calls
 
   // Displacements of type D (int or MPI_Aint).
   template <class D>
-  const D* sdispls() const {
-    if constexpr (std::is_same_v<D, int>) return sd.data();
-    else return sda.data();
-  }
-  template <class D>
-  const D* rdispls() const {
-    if constexpr (std::is_same_v<D, int>) return rd.data();
-    else return rda.data();
+  const D* displs_as() const {
+    if constexpr (std::is_same_v<D, int>) return displs.data();
+    else return adispls.data();
   }
 };
 
-bool pack_exchange(const Exchange& x, PackedArgs* a) {
-  if (!a->send.allocate(pi::Staging::Kind::kHost, static_cast<size_t>(x.stotal)) ||
-      !a->recv.allocate(pi::Staging::Kind::kHost, static_cast<size_t>(x.rtotal)))
-    return false;
-  pack_parts(x.sparts, a->send.data(), &a->sc, &a->sd);
-  receive_layout(x.rparts, &a->rc, &a->rd);
-  a->sda.assign(a->sd.begin(), a->sd.end());
-  a->rda.assign(a->rd.begin(), a->rd.end());
-  a->stypes.assign(x.sparts.size(), MPI_PACKED);
-  a->rtypes.assign(x.rparts.size(), MPI_PACKED);
-  return true;
+// The packed exchange's arguments. A nonblocking call keeps them with its
+// request (MPI reads them until it completes).
+struct PackedArgs : pi::KeepAlive {
+  SideArgs send, recv;
+};
+
+// The parts of a served side that have something to move.
+std::vector<pi::StagedPart> moving(const Side& side) {
+  std::vector<pi::StagedPart> parts;
+  for (const pi::StagedPart& part : side.parts)
+    if (part.base != nullptr) parts.push_back(part);
+  return parts;
 }
 
-int no_memory(MPI_Comm comm) {
-  pi::log_line("cannot allocate staging for an all-to-all");
-  PMPI_Comm_call_errhandler(comm, MPI_ERR_NO_MEM);
-  return MPI_ERR_NO_MEM;
+// `side`'s arguments, with its staging allocated (and for the send side,
+// `pack`, filled): MPI_SUCCESS or the MPI error class of what failed.
+int stage(const Side& side, bool pack, SideArgs* a) {
+  if (side.via == Via::kAsCalled) {
+    a->buf = side.buf;
+    a->counts = side.counts;
+    a->displs = side.displs;
+    a->types = side.types;
+    a->type = side.type;
+  } else {
+    a->counts.assign(side.parts.size(), 0);
+    a->displs.assign(side.parts.size(), 0);
+    for (size_t i = 0; i < side.parts.size(); ++i) {
+      a->displs[i] = static_cast<int>(side.parts[i].offset);
+      if (side.parts[i].base != nullptr) a->counts[i] = static_cast<int>(side.parts[i].layout.size());
+    }
+    a->types.assign(side.parts.size(), MPI_PACKED);
+    a->type = MPI_PACKED;
+    if (side.via == Via::kHost) {
+      if (!a->staging.allocate(pi::Staging::Kind::kHost, static_cast<size_t>(side.total))) return MPI_ERR_NO_MEM;
+      if (pack)
+        for (const pi::StagedPart& part : moving(side))
+          dt::pack_host(part.layout, part.base, a->staging.data() + part.offset);
+    } else if (pack) {
+      if (pi::device_pack_parts(side.strategy, moving(side), side.total, &a->staging) != PYHPC_OK)
+        return MPI_ERR_OTHER;
+    } else if (pi::device_receive_staging(side.strategy, side.total, &a->staging) != PYHPC_OK) {
+      return MPI_ERR_NO_MEM;
+    }
+    a->buf = a->staging.data();
+  }
+  a->adispls.assign(a->displs.begin(), a->displs.end());
+  return MPI_SUCCESS;
+}
+
+// Unpacks every part of a served receive side from `staging`.
+pyhpc_status unpack(const Side& side, const pi::Staging& staging) {
+  if (side.via == Via::kDevice) return pi::device_unpack_parts(side.strategy, moving(side), staging, side.total);
+  if (side.via == Via::kHost)
+    for (const pi::StagedPart& part : moving(side))
+      dt::unpack_host(part.layout, staging.data() + part.offset, part.base);
+  return PYHPC_OK;
+}
+
+// A failure of the interposer's own (an allocation, a CUDA call) reaches the
+// application the way MPI reports errors: through the communicator's handler.
+int fail(MPI_Comm comm, int error_class) {
+  const std::string why = pyhpc::last_error();
+  pi::log_line("all-to-all: %s", why.empty() ? "cannot allocate staging" : why.c_str());
+  pyhpc::clear_last_error();
+  PMPI_Comm_call_errhandler(comm, error_class);
+  return error_class;
+}
+
+int stage(const Exchange& x, PackedArgs* a) {
+  int err = stage(x.send, true, &a->send);
+  return err == MPI_SUCCESS ? stage(x.recv, false, &a->recv) : err;
 }
 
 // Blocking: `move` moves the packed bytes, then every part is unpacked.
 template <class Move>
 int run(const Exchange& x, MPI_Comm comm, Move move) {
   PackedArgs a;
-  if (!pack_exchange(x, &a)) return no_memory(comm);
+  if (int err = stage(x, &a); err != MPI_SUCCESS) return fail(comm, err);
   int err = move(a);
-  if (err == MPI_SUCCESS) unpack_parts(x.rparts, a.recv.data(), a.rd);
+  if (err == MPI_SUCCESS && unpack(x.recv, a.recv.staging) != PYHPC_OK) return fail(comm, MPI_ERR_OTHER);
   return err;
 }
 
 // Nonblocking: `start` starts moving the packed bytes; when the request
-// completes, completion.cpp unpacks the parts (Pending::parts).
+// completes, completion.cpp unpacks the parts (Pending::parts), on the GPU
+// for a device receive side.
 template <class Start>
 int start(const Exchange& x, MPI_Comm comm, MPI_Request* request, Start start_call) {
   auto args = std::make_unique<PackedArgs>();
-  if (!pack_exchange(x, args.get())) return no_memory(comm);
+  if (int err = stage(x, args.get()); err != MPI_SUCCESS) return fail(comm, err);
   int err = start_call(*args, request);
   if (err != MPI_SUCCESS) return err;
   auto pending = std::make_unique<pi::Pending>();
-  for (size_t i = 0; i < x.rparts.size(); ++i)
-    if (x.rparts[i].base != nullptr)
-      pending->parts.push_back({x.rparts[i].layout, const_cast<char*>(x.rparts[i].base), args->rd[i]});
+  if (x.recv.via != Via::kAsCalled) pending->parts = moving(x.recv);
   pending->receive = !pending->parts.empty();  // else completion only frees the staging
-  pending->staging.swap(args->recv);
+  pending->device = x.recv.via == Via::kDevice;
+  pending->device_plan.strategy = x.recv.strategy;
+  pending->parts_bytes = x.recv.total;
+  pending->staging.swap(args->recv.staging);
   pending->keep = std::move(args);
   pi::track(*request, std::move(pending));
   return err;
@@ -282,7 +369,8 @@ using IWFn = int (*)(const void*, const C[], const D[], const MPI_Datatype[], vo
                      const MPI_Datatype[], MPI_Comm, MPI_Request*);
 
 // Each call below is `system` as made unless served; served, the packed bytes
-// go through `packed` (the int-count form: byte counts fit an int).
+// (and a host side moved as called) go through `packed`, the int-count form:
+// every count and displacement then fits an int.
 template <class C, class D>
 int alltoallv(const void* sendbuf, const C sendcounts[], const D sdispls[], MPI_Datatype sendtype, void* recvbuf,
               const C recvcounts[], const D rdispls[], MPI_Datatype recvtype, MPI_Comm comm, bool neighbors,
@@ -293,8 +381,8 @@ int alltoallv(const void* sendbuf, const C sendcounts[], const D sdispls[], MPI_
   pi::count(call, served);
   if (!served) return system(sendbuf, sendcounts, sdispls, sendtype, recvbuf, recvcounts, rdispls, recvtype, comm);
   return run(x, comm, [&](const PackedArgs& a) {
-    return packed(a.send.data(), a.sc.data(), a.sd.data(), MPI_PACKED, a.recv.data(), a.rc.data(), a.rd.data(),
-                  MPI_PACKED, comm);
+    return packed(a.send.buf, a.send.counts.data(), a.send.displs.data(), a.send.type, a.recv.buf,
+                  a.recv.counts.data(), a.recv.displs.data(), a.recv.type, comm);
   });
 }
 
@@ -309,8 +397,8 @@ int ialltoallv(const void* sendbuf, const C sendcounts[], const D sdispls[], MPI
   if (!served)
     return system(sendbuf, sendcounts, sdispls, sendtype, recvbuf, recvcounts, rdispls, recvtype, comm, request);
   return start(x, comm, request, [&](const PackedArgs& a, MPI_Request* r) {
-    return packed(a.send.data(), a.sc.data(), a.sd.data(), MPI_PACKED, a.recv.data(), a.rc.data(), a.rd.data(),
-                  MPI_PACKED, comm, r);
+    return packed(a.send.buf, a.send.counts.data(), a.send.displs.data(), a.send.type, a.recv.buf,
+                  a.recv.counts.data(), a.recv.displs.data(), a.recv.type, comm, r);
   });
 }
 
@@ -327,8 +415,8 @@ int alltoallw(const void* sendbuf, const C sendcounts[], const D sdispls[], cons
   if (!served)
     return system(sendbuf, sendcounts, sdispls, sendtypes, recvbuf, recvcounts, rdispls, recvtypes, comm);
   return run(x, comm, [&](const PackedArgs& a) {
-    return packed(a.send.data(), a.sc.data(), a.sdispls<PD>(), a.stypes.data(), a.recv.data(), a.rc.data(),
-                  a.rdispls<PD>(), a.rtypes.data(), comm);
+    return packed(a.send.buf, a.send.counts.data(), a.send.displs_as<PD>(), a.send.types.data(), a.recv.buf,
+                  a.recv.counts.data(), a.recv.displs_as<PD>(), a.recv.types.data(), comm);
   });
 }
 
@@ -345,8 +433,8 @@ int ialltoallw(const void* sendbuf, const C sendcounts[], const D sdispls[], con
     return system(sendbuf, sendcounts, sdispls, sendtypes, recvbuf, recvcounts, rdispls, recvtypes, comm,
                   request);
   return start(x, comm, request, [&](const PackedArgs& a, MPI_Request* r) {
-    return packed(a.send.data(), a.sc.data(), a.sdispls<PD>(), a.stypes.data(), a.recv.data(), a.rc.data(),
-                  a.rdispls<PD>(), a.rtypes.data(), comm, r);
+    return packed(a.send.buf, a.send.counts.data(), a.send.displs_as<PD>(), a.send.types.data(), a.recv.buf,
+                  a.recv.counts.data(), a.recv.displs_as<PD>(), a.recv.types.data(), comm, r);
   });
 }
 

@@ -75,27 +75,36 @@ bool device_plan(const void* buf, int64_t count, MPI_Datatype type, MPI_Comm com
     return false;
   }
   plan->count = count;
-  switch (mode()) {
-    case Mode::kDevice: plan->strategy = DeviceStrategy::kDevice; break;
-    case Mode::kOneShot: plan->strategy = DeviceStrategy::kOneShot; break;
-    case Mode::kStaged: plan->strategy = DeviceStrategy::kStaged; break;
-    default:
-      if (mpi_is_cuda_aware()) {
-        if (plan->layout.ndims == 0) return false;  // contiguous: the MPI moves it as it is
-        plan->strategy = DeviceStrategy::kDevice;
-      } else {
-        plan->strategy = plan->layout.size() < kStagedFrom ? DeviceStrategy::kOneShot : DeviceStrategy::kStaged;
-      }
-  }
+  // auto under a CUDA-aware MPI: a contiguous type the MPI moves as it is
+  if (mode() == Mode::kAuto && mpi_is_cuda_aware() && plan->layout.ndims == 0) return false;
+  plan->strategy = device_strategy(plan->layout.size());
   return true;
 }
 
+DeviceStrategy device_strategy(int64_t total) {
+  switch (mode()) {
+    case Mode::kDevice: return DeviceStrategy::kDevice;
+    case Mode::kOneShot: return DeviceStrategy::kOneShot;
+    case Mode::kStaged: return DeviceStrategy::kStaged;
+    default:
+      if (mpi_is_cuda_aware()) return DeviceStrategy::kDevice;
+      return total < kStagedFrom ? DeviceStrategy::kOneShot : DeviceStrategy::kStaged;
+  }
+}
+
 pyhpc_status device_pack(const DevicePlan& plan, const void* buf, Staging* out) {
-  const size_t bytes = static_cast<size_t>(plan.layout.size());
-  if (!out->allocate(plan.strategy == DeviceStrategy::kOneShot ? Staging::Kind::kPinned : Staging::Kind::kDevice, bytes))
+  const std::vector<StagedPart> whole = {{plan.layout, static_cast<char*>(const_cast<void*>(buf)), 0}};
+  return device_pack_parts(plan.strategy, whole, plan.layout.size(), out);
+}
+
+pyhpc_status device_pack_parts(DeviceStrategy strategy, const std::vector<StagedPart>& parts, int64_t total,
+                               Staging* out) {
+  const size_t bytes = static_cast<size_t>(total);
+  if (!out->allocate(strategy == DeviceStrategy::kOneShot ? Staging::Kind::kPinned : Staging::Kind::kDevice, bytes))
     return PYHPC_FAIL(PYHPC_ERR_NO_MEMORY, "cannot allocate %zu bytes of staging", bytes);
-  PYHPC_CHECK(datatype::pack_device(plan.layout, buf, out->data(), 0));
-  if (plan.strategy == DeviceStrategy::kStaged) {
+  for (const StagedPart& part : parts)
+    PYHPC_CHECK(datatype::pack_device(part.layout, part.base, out->data() + part.offset, 0));
+  if (strategy == DeviceStrategy::kStaged) {
     Staging pinned;
     if (!pinned.allocate(Staging::Kind::kPinned, bytes))
       return PYHPC_FAIL(PYHPC_ERR_NO_MEMORY, "cannot allocate %zu bytes of pinned staging", bytes);
@@ -108,8 +117,12 @@ pyhpc_status device_pack(const DevicePlan& plan, const void* buf, Staging* out) 
 }
 
 pyhpc_status device_receive_staging(const DevicePlan& plan, Staging* out) {
-  const size_t bytes = static_cast<size_t>(plan.layout.size());
-  const Staging::Kind kind = plan.strategy == DeviceStrategy::kDevice ? Staging::Kind::kDevice : Staging::Kind::kPinned;
+  return device_receive_staging(plan.strategy, plan.layout.size(), out);
+}
+
+pyhpc_status device_receive_staging(DeviceStrategy strategy, int64_t total, Staging* out) {
+  const size_t bytes = static_cast<size_t>(total);
+  const Staging::Kind kind = strategy == DeviceStrategy::kDevice ? Staging::Kind::kDevice : Staging::Kind::kPinned;
   if (!out->allocate(kind, bytes))
     return PYHPC_FAIL(PYHPC_ERR_NO_MEMORY, "cannot allocate %zu bytes of staging", bytes);
   return PYHPC_OK;
@@ -158,6 +171,23 @@ pyhpc_status device_unpack(const DevicePlan& plan, const Staging& in, int64_t nb
   return wait_gpu();
 }
 
+pyhpc_status device_unpack_parts(DeviceStrategy strategy, const std::vector<StagedPart>& parts,
+                                 const Staging& in, int64_t total) {
+  const char* src = in.data();
+  Staging dev;
+  if (strategy == DeviceStrategy::kStaged) {
+    // Received into pinned memory: one copy up, then unpack on the device.
+    if (!dev.allocate(Staging::Kind::kDevice, static_cast<size_t>(total)))
+      return PYHPC_FAIL(PYHPC_ERR_NO_MEMORY, "cannot allocate %lld bytes of device staging",
+                        static_cast<long long>(total));
+    PYHPC_CUDA_CHECK(cudaMemcpyAsync(dev.data(), src, static_cast<size_t>(total), cudaMemcpyHostToDevice, 0));
+    src = dev.data();
+  }
+  for (const StagedPart& part : parts)
+    PYHPC_CHECK(datatype::unpack_device(part.layout, src + part.offset, part.base, 0));
+  return wait_gpu();  // before `dev` is freed
+}
+
 }  // namespace pyhpc::interpose
 
 #else  // no CUDA in this build: device buffers are the system MPI's
@@ -167,6 +197,14 @@ bool device_plan(const void*, int64_t, MPI_Datatype, MPI_Comm, DevicePlan*) { re
 pyhpc_status device_pack(const DevicePlan&, const void*, Staging*) { return PYHPC_ERR_UNSUPPORTED; }
 pyhpc_status device_receive_staging(const DevicePlan&, Staging*) { return PYHPC_ERR_UNSUPPORTED; }
 pyhpc_status device_unpack(const DevicePlan&, const Staging&, int64_t, void*) { return PYHPC_ERR_UNSUPPORTED; }
+DeviceStrategy device_strategy(int64_t) { return DeviceStrategy::kOneShot; }
+pyhpc_status device_pack_parts(DeviceStrategy, const std::vector<StagedPart>&, int64_t, Staging*) {
+  return PYHPC_ERR_UNSUPPORTED;
+}
+pyhpc_status device_receive_staging(DeviceStrategy, int64_t, Staging*) { return PYHPC_ERR_UNSUPPORTED; }
+pyhpc_status device_unpack_parts(DeviceStrategy, const std::vector<StagedPart>&, const Staging&, int64_t) {
+  return PYHPC_ERR_UNSUPPORTED;
+}
 }  // namespace pyhpc::interpose
 
 #endif

@@ -10,6 +10,8 @@
 //            MPI for contiguous types there; otherwise `oneshot` below 1 MiB and
 //            `staged` from 1 MiB (TEMPI's finding that one-shot wins for small
 //            messages). A GPU measurement is to replace this rule.
+// An all-to-all side packs all its parts into one staging buffer and takes
+// the strategy of that buffer's size (the *_parts calls below).
 // Only in builds with CUDA (PYHPC_INTERPOSE_CUDA); elsewhere device_plan() is
 // always false and device buffers go to the system MPI.
 #pragma once
@@ -17,6 +19,7 @@
 #include <mpi.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "common/status.hpp"
 #include "datatype/canonicalize.hpp"
@@ -46,5 +49,24 @@ pyhpc_status device_receive_staging(const DevicePlan& plan, Staging* out);
 // Unpacks the first `nbytes` received into `in` to the device buffer `buf`
 // and waits for the GPU.
 pyhpc_status device_unpack(const DevicePlan& plan, const Staging& in, int64_t nbytes, void* buf);
+
+// Several parts in one staging buffer of `total` bytes: an all-to-all side,
+// each part's base in device memory and its layout from device_plan.
+
+// The strategy for such a buffer: device_plan's rule for one of that size.
+DeviceStrategy device_strategy(int64_t total);
+
+// Packs every part into `out` (allocated here, pinned host or device memory by
+// `strategy`) at its offset and waits for the GPU.
+pyhpc_status device_pack_parts(DeviceStrategy strategy, const std::vector<StagedPart>& parts, int64_t total,
+                               Staging* out);
+
+// A staging buffer to receive `total` packed bytes into.
+pyhpc_status device_receive_staging(DeviceStrategy strategy, int64_t total, Staging* out);
+
+// Unpacks every part, arrived whole, from its offset in `in` to its device
+// memory and waits for the GPU.
+pyhpc_status device_unpack_parts(DeviceStrategy strategy, const std::vector<StagedPart>& parts,
+                                 const Staging& in, int64_t total);
 
 }  // namespace pyhpc::interpose

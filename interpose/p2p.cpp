@@ -4,6 +4,14 @@
 // MPI_PACKED bytes into a staging buffer and unpacks what arrived. Everything
 // else, errors included, is the system MPI's, unchanged.
 //
+// Device (CUDA) buffers of MPI_Send/Recv/Isend/Irecv/Sendrecv(_replace) are
+// packed and unpacked on the GPU the same way (device_path.hpp), so the MPI
+// need not be CUDA-aware. The two sides of a sendrecv are decided apart: each
+// is packed on the GPU (device buffer), by the engine (host buffer it serves)
+// or passed as called, so a device send with a host receive (or the reverse)
+// works. A device buffer the GPU path does not serve goes to the system MPI as
+// called, as under PYHPC_INTERPOSE_DEVICE=system.
+//
 // Persistent requests (MPI_Send_init / MPI_Recv_init, host buffers) are the
 // system MPI's persistent requests on MPI_PACKED over a staging buffer the
 // interposer keeps until MPI_Request_free: MPI_Start packs the user's buffer
@@ -199,16 +207,27 @@ int irecv(void* buf, Count count, MPI_Datatype type, int source, int tag, MPI_Co
   return system(buf, count, type, source, tag, comm, request);
 }
 
-// Which sides of a sendrecv pyhpc's engine serves (layouts set for those).
+// How one side of a sendrecv is moved: as called, packed on the host by
+// pyhpc's engine, or packed on the GPU (a device buffer; see device_path.hpp).
+// The two sides are decided apart, so a device send with a host receive (or
+// the reverse) works: each side takes its own path.
+struct Side {
+  enum { kAsCalled, kHost, kDevice } via = kAsCalled;
+  dt::Strided layout;   // kHost
+  pi::DevicePlan plan;  // kDevice
+  int64_t bytes() const { return via == kDevice ? plan.layout.size() : layout.size(); }
+};
+
 template <class Count>
-void sendrecv_sides(const void* sendbuf, Count sendcount, MPI_Datatype sendtype, int dest, void* recvbuf,
-                    Count recvcount, MPI_Datatype recvtype, int source, MPI_Comm comm, bool* pack_send,
-                    dt::Strided* sl, bool* unpack_recv, dt::Strided* rl) {
-  *pack_send = dest != MPI_PROC_NULL && sendbuf != nullptr &&
-               pi::engine_layout("pack", sendbuf, nullptr, sendcount, sendtype, comm, sl) && fits<Count>(*sl);
-  *unpack_recv = source != MPI_PROC_NULL && recvbuf != nullptr &&
-                 pi::engine_layout("unpack", recvbuf, nullptr, recvcount, recvtype, comm, rl) &&
-                 fits<Count>(*rl);
+Side sendrecv_side(const char* op, const void* buf, Count count, MPI_Datatype type, int peer, MPI_Comm comm) {
+  Side side;
+  if (peer == MPI_PROC_NULL) return side;
+  if (pi::device_plan(buf, count, type, comm, &side.plan) && fits<Count>(side.plan.layout))
+    side.via = Side::kDevice;
+  else if (buf != nullptr && pi::engine_layout(op, buf, nullptr, count, type, comm, &side.layout) &&
+           fits<Count>(side.layout))
+    side.via = Side::kHost;
+  return side;
 }
 
 // A sendrecv with at least one side served: the send side is packed into
@@ -217,28 +236,43 @@ void sendrecv_sides(const void* sendbuf, Count sendcount, MPI_Datatype sendtype,
 template <class Count>
 int sendrecv_served(const void* sendbuf, Count sendcount, MPI_Datatype sendtype, int dest, int sendtag,
                     void* recvbuf, Count recvcount, MPI_Datatype recvtype, int source, int recvtag,
-                    MPI_Comm comm, MPI_Status* status, bool pack_send, const dt::Strided& sl,
-                    bool unpack_recv, const dt::Strided& rl, SendrecvFn<Count> system) {
-  if (pack_send) {
-    char* packed = t_send.get(static_cast<size_t>(sl.size()));
-    dt::pack_host(sl, static_cast<const char*>(sendbuf), packed);
+                    MPI_Comm comm, MPI_Status* status, const Side& send, const Side& recv,
+                    SendrecvFn<Count> system) {
+  pi::Staging send_staging, recv_staging;  // the device sides'
+  if (send.via == Side::kHost) {
+    char* packed = t_send.get(static_cast<size_t>(send.bytes()));
+    dt::pack_host(send.layout, static_cast<const char*>(sendbuf), packed);
     sendbuf = packed;
-    sendcount = static_cast<Count>(sl.size());
+  } else if (send.via == Side::kDevice) {
+    if (pi::device_pack(send.plan, sendbuf, &send_staging) != PYHPC_OK) return fail_call(comm, MPI_ERR_OTHER);
+    sendbuf = send_staging.data();
+  }
+  if (send.via != Side::kAsCalled) {
+    sendcount = static_cast<Count>(send.bytes());
     sendtype = MPI_PACKED;
   }
   void* user_recv = recvbuf;
   MPI_Status local;
   MPI_Status* st = status == MPI_STATUS_IGNORE ? &local : status;
-  if (unpack_recv) {
-    recvbuf = t_recv.get(static_cast<size_t>(rl.size()));
-    recvcount = static_cast<Count>(rl.size());
+  if (recv.via == Side::kHost) {
+    recvbuf = t_recv.get(static_cast<size_t>(recv.bytes()));
+  } else if (recv.via == Side::kDevice) {
+    if (pi::device_receive_staging(recv.plan, &recv_staging) != PYHPC_OK) return no_memory(comm);
+    recvbuf = recv_staging.data();
+  }
+  if (recv.via != Side::kAsCalled) {
+    recvcount = static_cast<Count>(recv.bytes());
     recvtype = MPI_PACKED;
   }
   int rc = system(sendbuf, sendcount, sendtype, dest, sendtag, recvbuf, recvcount, recvtype, source,
                   recvtag, comm, st);
-  if (rc == MPI_SUCCESS && unpack_recv)
-    dt::unpack_host_prefix(rl, static_cast<const char*>(recvbuf), pi::bytes_received(st),
+  if (rc != MPI_SUCCESS) return rc;
+  if (recv.via == Side::kHost)
+    dt::unpack_host_prefix(recv.layout, static_cast<const char*>(recvbuf), pi::bytes_received(st),
                            static_cast<char*>(user_recv));
+  else if (recv.via == Side::kDevice &&
+           pi::device_unpack(recv.plan, recv_staging, pi::bytes_received(st), user_recv) != PYHPC_OK)
+    return fail_call(comm, MPI_ERR_OTHER);
   return rc;
 }
 
@@ -246,16 +280,15 @@ template <class Count>
 int sendrecv(const void* sendbuf, Count sendcount, MPI_Datatype sendtype, int dest, int sendtag,
              void* recvbuf, Count recvcount, MPI_Datatype recvtype, int source, int recvtag,
              MPI_Comm comm, MPI_Status* status, SendrecvFn<Count> system) {
-  bool pack_send = false, unpack_recv = false;
-  dt::Strided sl, rl;
-  sendrecv_sides(sendbuf, sendcount, sendtype, dest, recvbuf, recvcount, recvtype, source, comm, &pack_send,
-                 &sl, &unpack_recv, &rl);
-  pi::count(pi::kSendrecv, pack_send || unpack_recv);
-  if (!pack_send && !unpack_recv)
+  const Side send = sendrecv_side("pack", sendbuf, sendcount, sendtype, dest, comm);
+  const Side recv = sendrecv_side("unpack", recvbuf, recvcount, recvtype, source, comm);
+  const bool served = send.via != Side::kAsCalled || recv.via != Side::kAsCalled;
+  pi::count(pi::kSendrecv, served);
+  if (!served)
     return system(sendbuf, sendcount, sendtype, dest, sendtag, recvbuf, recvcount, recvtype, source,
                   recvtag, comm, status);
   return sendrecv_served(sendbuf, sendcount, sendtype, dest, sendtag, recvbuf, recvcount, recvtype, source,
-                         recvtag, comm, status, pack_send, sl, unpack_recv, rl, system);
+                         recvtag, comm, status, send, recv, system);
 }
 
 // MPI_Sendrecv_replace: as MPI_Sendrecv from and into the same buffer when a
@@ -264,14 +297,13 @@ template <class Count>
 int sendrecv_replace(void* buf, Count count, MPI_Datatype type, int dest, int sendtag, int source,
                      int recvtag, MPI_Comm comm, MPI_Status* status, ReplaceFn<Count> replace,
                      SendrecvFn<Count> system) {
-  bool pack_send = false, unpack_recv = false;
-  dt::Strided sl, rl;
-  sendrecv_sides<Count>(buf, count, type, dest, buf, count, type, source, comm, &pack_send, &sl, &unpack_recv,
-                        &rl);
-  pi::count(pi::kSendrecvReplace, pack_send || unpack_recv);
-  if (!pack_send && !unpack_recv) return replace(buf, count, type, dest, sendtag, source, recvtag, comm, status);
+  const Side send = sendrecv_side("pack", buf, count, type, dest, comm);
+  const Side recv = sendrecv_side("unpack", buf, count, type, source, comm);
+  const bool served = send.via != Side::kAsCalled || recv.via != Side::kAsCalled;
+  pi::count(pi::kSendrecvReplace, served);
+  if (!served) return replace(buf, count, type, dest, sendtag, source, recvtag, comm, status);
   return sendrecv_served<Count>(buf, count, type, dest, sendtag, buf, count, type, source, recvtag, comm, status,
-                                pack_send, sl, unpack_recv, rl, system);
+                                send, recv, system);
 }
 
 template <class Count>

@@ -84,7 +84,13 @@ void finish(const Pending& pending, const MPI_Status* status) {
   PMPI_Test_cancelled(status, &cancelled);
   if (cancelled) return;
   if (!pending.parts.empty()) {  // a nonblocking collective: every part arrived whole
-    for (const ReceivedPart& part : pending.parts)
+    if (pending.device) {
+      if (device_unpack_parts(pending.device_plan.strategy, pending.parts, pending.staging, pending.parts_bytes) !=
+          PYHPC_OK)
+        log_line("device unpack failed: %s", last_error().c_str());
+      return;
+    }
+    for (const StagedPart& part : pending.parts)
       datatype::unpack_host(part.layout, pending.staging.data() + part.offset, part.base);
     return;
   }

@@ -26,24 +26,17 @@ struct KeepAlive {
   virtual ~KeepAlive() = default;
 };
 
-// A received part of a nonblocking collective: `layout` at `base` takes the
-// staged bytes at `offset`.
-struct ReceivedPart {
-  datatype::Strided layout;
-  char* base = nullptr;
-  int64_t offset = 0;
-};
-
 struct Pending {
   Staging staging;
   bool receive = false;
-  bool device = false;        // the user buffer is GPU memory: unpack with device_plan
+  bool device = false;        // the user buffer (or the parts') is GPU memory: unpack on the GPU
   datatype::Strided layout;   // host receive: where the arrived bytes go
-  DevicePlan device_plan;     // device receive
+  DevicePlan device_plan;     // device receive (device parts: only its strategy is set)
   char* user_buf = nullptr;
   bool persistent = false;    // from MPI_Send_init / MPI_Recv_init (host buffers)
   bool active = false;        // persistent: started and not yet completed
-  std::vector<ReceivedPart> parts;  // nonblocking collective: unpacked from staging
+  std::vector<StagedPart> parts;  // nonblocking collective: unpacked from staging
+  int64_t parts_bytes = 0;    // the staging's size for those parts
   std::unique_ptr<KeepAlive> keep;
 };
 

@@ -5,7 +5,10 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <utility>
+
+#include "datatype/strided.hpp"
 
 namespace pyhpc::interpose {
 
@@ -31,6 +34,15 @@ class Staging {
   void release();
   char* data_ = nullptr;
   Kind kind_ = Kind::kHost;
+};
+
+// One part of an exchange packed into a staging buffer with others (an
+// all-to-all side, one part per peer): `layout` at `base` in the user's memory,
+// its packed bytes at `offset` in the staging.
+struct StagedPart {
+  datatype::Strided layout;
+  char* base = nullptr;
+  int64_t offset = 0;
 };
 
 }  // namespace pyhpc::interpose
