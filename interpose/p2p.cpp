@@ -153,6 +153,50 @@ int post_packed(std::unique_ptr<pi::Pending> pending, int64_t bytes, int peer, i
   return rc;
 }
 
+// A request on host memory (Isend or Send_init): packed into staging by the
+// engine where it serves the type, else the system MPI's call as made. A
+// persistent send packs at each MPI_Start instead (MPI_Start below).
+template <class Count, class Fn>
+int host_send_request(const void* buf, Count count, MPI_Datatype type, int dest, int tag, MPI_Comm comm,
+                      MPI_Request* request, Fn system, pi::Call call, bool persistent) {
+  dt::Strided layout;
+  if (dest != MPI_PROC_NULL && buf != nullptr && request != nullptr &&
+      pi::engine_layout("pack", buf, nullptr, count, type, comm, &layout) && fits<Count>(layout)) {
+    auto pending = host_pending(layout.size());
+    if (!pending) return no_memory(comm);
+    if (persistent) {
+      pending->persistent = true;
+      pending->layout = layout;
+      pending->user_buf = static_cast<char*>(const_cast<void*>(buf));  // only read, at each MPI_Start
+    } else {
+      dt::pack_host(layout, static_cast<const char*>(buf), pending->staging.data());
+    }
+    return post_packed<Count>(std::move(pending), layout.size(), dest, tag, comm, request, system, call);
+  }
+  pi::count(call);
+  return system(buf, count, type, dest, tag, comm, request);
+}
+
+// A receive request on host memory (Irecv or Recv_init): into staging, unpacked
+// when it completes, where the engine serves the type; else the system MPI's.
+template <class Count, class Fn>
+int host_receive_request(void* buf, Count count, MPI_Datatype type, int source, int tag, MPI_Comm comm,
+                         MPI_Request* request, Fn system, pi::Call call, bool persistent) {
+  dt::Strided layout;
+  if (source != MPI_PROC_NULL && buf != nullptr && request != nullptr &&
+      pi::engine_layout("unpack", buf, nullptr, count, type, comm, &layout) && fits<Count>(layout)) {
+    auto pending = host_pending(layout.size());
+    if (!pending) return no_memory(comm);
+    pending->persistent = persistent;
+    pending->receive = true;
+    pending->layout = layout;
+    pending->user_buf = static_cast<char*>(buf);
+    return post_packed<Count>(std::move(pending), layout.size(), source, tag, comm, request, system, call);
+  }
+  pi::count(call);
+  return system(buf, count, type, source, tag, comm, request);
+}
+
 template <class Count>
 int isend(const void* buf, Count count, MPI_Datatype type, int dest, int tag, MPI_Comm comm,
           MPI_Request* request, IsendFn<Count> system) {
@@ -164,17 +208,7 @@ int isend(const void* buf, Count count, MPI_Datatype type, int dest, int tag, MP
     return post_packed<Count>(std::move(pending), plan.layout.size(), dest, tag, comm, request, system,
                               pi::kIsend);
   }
-  dt::Strided layout;
-  if (dest != MPI_PROC_NULL && buf != nullptr && request != nullptr &&
-      pi::engine_layout("pack", buf, nullptr, count, type, comm, &layout) && fits<Count>(layout)) {
-    auto pending = host_pending(layout.size());
-    if (!pending) return no_memory(comm);
-    dt::pack_host(layout, static_cast<const char*>(buf), pending->staging.data());
-    return post_packed<Count>(std::move(pending), layout.size(), dest, tag, comm, request, system,
-                              pi::kIsend);
-  }
-  pi::count(pi::kIsend);
-  return system(buf, count, type, dest, tag, comm, request);
+  return host_send_request<Count>(buf, count, type, dest, tag, comm, request, system, pi::kIsend, false);
 }
 
 template <class Count>
@@ -192,19 +226,8 @@ int irecv(void* buf, Count count, MPI_Datatype type, int source, int tag, MPI_Co
     return post_packed<Count>(std::move(pending), plan.layout.size(), source, tag, comm, request, system,
                               pi::kIrecv);
   }
-  dt::Strided layout;
-  if (source != MPI_PROC_NULL && buf != nullptr && request != nullptr &&
-      pi::engine_layout("unpack", buf, nullptr, count, type, comm, &layout) && fits<Count>(layout)) {
-    auto pending = host_pending(layout.size());
-    if (!pending) return no_memory(comm);
-    pending->receive = true;
-    pending->layout = layout;
-    pending->user_buf = static_cast<char*>(buf);
-    return post_packed<Count>(std::move(pending), layout.size(), source, tag, comm, request, system,
-                              pi::kIrecv);
-  }
-  pi::count(pi::kIrecv);
-  return system(buf, count, type, source, tag, comm, request);
+  return host_receive_request<Count>(buf, count, type, source, tag, comm, request, system, pi::kIrecv,
+                                     false);
 }
 
 // How one side of a sendrecv is moved: as called, packed on the host by
@@ -316,38 +339,14 @@ using RecvInitFn = IrecvFn<Count>;
 template <class Count>
 int send_init(const void* buf, Count count, MPI_Datatype type, int dest, int tag, MPI_Comm comm,
               MPI_Request* request, SendInitFn<Count> system) {
-  dt::Strided layout;
-  if (dest != MPI_PROC_NULL && buf != nullptr && request != nullptr &&
-      pi::engine_layout("pack", buf, nullptr, count, type, comm, &layout) && fits<Count>(layout)) {
-    auto pending = host_pending(layout.size());
-    if (!pending) return no_memory(comm);
-    pending->persistent = true;
-    pending->layout = layout;
-    pending->user_buf = static_cast<char*>(const_cast<void*>(buf));  // only read, at each MPI_Start
-    return post_packed<Count>(std::move(pending), layout.size(), dest, tag, comm, request, system,
-                              pi::kSendInit);
-  }
-  pi::count(pi::kSendInit);
-  return system(buf, count, type, dest, tag, comm, request);
+  return host_send_request<Count>(buf, count, type, dest, tag, comm, request, system, pi::kSendInit, true);
 }
 
 template <class Count>
 int recv_init(void* buf, Count count, MPI_Datatype type, int source, int tag, MPI_Comm comm,
               MPI_Request* request, RecvInitFn<Count> system) {
-  dt::Strided layout;
-  if (source != MPI_PROC_NULL && buf != nullptr && request != nullptr &&
-      pi::engine_layout("unpack", buf, nullptr, count, type, comm, &layout) && fits<Count>(layout)) {
-    auto pending = host_pending(layout.size());
-    if (!pending) return no_memory(comm);
-    pending->persistent = true;
-    pending->receive = true;
-    pending->layout = layout;
-    pending->user_buf = static_cast<char*>(buf);
-    return post_packed<Count>(std::move(pending), layout.size(), source, tag, comm, request, system,
-                              pi::kRecvInit);
-  }
-  pi::count(pi::kRecvInit);
-  return system(buf, count, type, source, tag, comm, request);
+  return host_receive_request<Count>(buf, count, type, source, tag, comm, request, system, pi::kRecvInit,
+                                     true);
 }
 
 // The persistent request of ours behind `request` that MPI_Start may start,
