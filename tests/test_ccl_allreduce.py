@@ -24,7 +24,7 @@ import pyhpc
 from pyhpc import _ccl
 from pyhpc.ccl import Communicator, Master, PeerFailure
 
-from test_ccl_procs import SECRET, PeerProc, start_world  # noqa: F401 - the same peer harness
+from test_ccl_procs import SECRET, PeerProc, Worlds  # noqa: F401 - the same peer harness
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -49,65 +49,40 @@ def make_input(pid: int, dtype: str, size: int, seed: int, kind: str) -> np.ndar
 
 
 ALLREDUCE_DRIVER = r"""
-import json, sys, time, traceback
+import json, sys, time
 import numpy as np
-from pyhpc.ccl import Communicator, PeerFailure
 sys.path.insert(0, sys.argv[4])
+from ccl_driver import connect, out, serve
+from pyhpc.ccl import PeerFailure
 from test_ccl_allreduce import make_input
-addr, secret, hb, conns = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[5])
-c = Communicator(addr, secret=secret, heartbeat_interval=hb, connections=conns).connect()
-def out(**kw):
-    print(json.dumps(kw), flush=True)
-out(event="connected", id=c.id)
-for line in sys.stdin:
-    cmd = line.split(None, 1)
+c = connect(connections=int(sys.argv[5]))
+def ar(arg):
+    spec = json.loads(arg)
+    a = make_input(c.rank if spec.get("by_rank") else c.id, spec["dtype"], spec["size"],
+                   spec["seed"], spec["kind"])
+    if spec.get("size_override") is not None:
+        a = a[:spec["size_override"]].copy()
+    if spec.get("zero"):
+        a[:] = 0
+    if spec.get("nan") and a.size:
+        a[a.size // 2] = np.nan
+    orig = a.copy()
+    res = np.zeros_like(a) if spec.get("out") else None
+    t0 = time.time()
     try:
-        if cmd[0] == "grow":
-            n = int(cmd[1])
-            while True:
-                u = c.update_topology(timeout=15)
-                if u.world_size >= n:
-                    break
-            out(event="update", world=u.world_size, rank=u.rank, ids=[p.id for p in u.peers],
-                port=c.data_port)
-        elif cmd[0] == "update":
-            u = c.update_topology(timeout=15)
-            out(event="update", world=u.world_size, rank=u.rank, ids=[p.id for p in u.peers],
-                dead=u.dead)
-        elif cmd[0] == "ar":
-            spec = json.loads(cmd[1])
-            a = make_input(c.rank if spec.get("by_rank") else c.id, spec["dtype"], spec["size"],
-                           spec["seed"], spec["kind"])
-            if spec.get("size_override") is not None:
-                a = a[:spec["size_override"]].copy()
-            if spec.get("zero"):
-                a[:] = 0
-            if spec.get("nan") and a.size:
-                a[a.size // 2] = np.nan
-            orig = a.copy()
-            res = np.zeros_like(a) if spec.get("out") else None
-            t0 = time.time()
-            try:
-                r = c.all_reduce(a, op=spec["op"], out=res, tag=spec.get("tag", 0),
-                                 timeout=spec.get("timeout", 20),
-                                 _chunk_bytes=spec.get("chunk", 1 << 19),
-                                 _chunk_delay=spec.get("delay", 0.0),
-                                 _exit_at=spec.get("exit_at"), quantize=spec.get("quantize"))
-            except PeerFailure as e:  # in place, a was overwritten as it went: restored?
-                out(event="peer_failure", ids=e.peer_ids, msg=str(e), t=time.time() - t0,
-                    restored=bool(a.tobytes() == orig.tobytes()))
-                continue
-            if res is not None and a.tobytes() != orig.tobytes():
-                out(event="error", type="input modified", msg="")
-                continue
-            np.save(spec["path"], r)
-            out(event="done", path=spec["path"], t=time.time() - t0, bytes=c.last_bytes_sent)
-        elif cmd[0] == "leave":
-            c.leave()
-            out(event="left")
-            break
-    except Exception as e:
-        out(event="error", type=type(e).__name__, msg=str(e))
+        r = c.all_reduce(a, op=spec["op"], out=res, tag=spec.get("tag", 0),
+                         timeout=spec.get("timeout", 20),
+                         _chunk_bytes=spec.get("chunk", 1 << 19),
+                         _chunk_delay=spec.get("delay", 0.0),
+                         _exit_at=spec.get("exit_at"), quantize=spec.get("quantize"))
+    except PeerFailure as e:  # in place, a was overwritten as it went: restored?
+        return out(event="peer_failure", ids=e.peer_ids, msg=str(e), t=time.time() - t0,
+                   restored=bool(a.tobytes() == orig.tobytes()))
+    if res is not None and a.tobytes() != orig.tobytes():
+        return out(event="error", type="input modified", msg="")
+    np.save(spec["path"], r)
+    out(event="done", path=spec["path"], t=time.time() - t0, bytes=c.last_bytes_sent)
+serve(c, {"ar": ar})
 """
 
 
@@ -122,7 +97,7 @@ class ARPeer(PeerProc):
 def ring(tmp_path):
     """ring(n, connections=1) -> (master, peers in rank order); ``connections``: one
     count for every peer or a list, one per peer (in the order they start)."""
-    masters, procs = [], []
+    worlds = Worlds(tmp_path)
 
     def start(n, heartbeat_timeout=2.0, connections=1):
         counts = iter(connections if isinstance(connections, list) else [connections] * n)
@@ -130,17 +105,13 @@ def ring(tmp_path):
         def make(address, cwd):
             return ARPeer(address, cwd, connections=next(counts))
 
-        master, peers, ups = start_world(masters, procs, make, tmp_path, n, heartbeat_timeout,
-                                         recv_timeout=20)
+        master, peers, ups = worlds.start(make, n, heartbeat_timeout, recv_timeout=20)
         for p, u in zip(peers, ups):
             p.rank, p.port = u["rank"], u["port"]
         return master, sorted(peers, key=lambda p: p.rank)
 
     yield start
-    for p in procs:
-        p.stop()
-    for m in masters:
-        m.stop()
+    worlds.close()
 
 
 def reference(inputs, op, dtype):

@@ -22,43 +22,19 @@ pytestmark = pytest.mark.timeout(60)
 
 SECRET = "proc-secret"
 
-# One peer: reads commands from stdin, answers each with one JSON line.
+# One peer: the command loop of ccl_driver.py, plus `failed T` (wait up to T s
+# for the master to report a failed peer).
 DRIVER = r"""
-import json, sys, time
-from pyhpc.ccl import Communicator
-addr, secret, hb = sys.argv[1], sys.argv[2], float(sys.argv[3])
-c = Communicator(addr, secret=secret, heartbeat_interval=hb).connect()
-def out(**kw):
-    print(json.dumps(kw), flush=True)
-def report(u):
-    out(event="update", epoch=u.epoch, world=u.world_size, rank=u.rank,
-        ids=[p.id for p in u.peers], joined=u.joined, dead=u.dead, left=u.left,
-        t=time.time())
-out(event="connected", id=c.id)
-for line in sys.stdin:
-    cmd = line.split()
-    try:
-        if cmd[0] == "update":
-            report(c.update_topology(timeout=float(cmd[1])))
-        elif cmd[0] == "grow":
-            n, deadline = int(cmd[1]), time.monotonic() + 15
-            while True:
-                u = c.update_topology(timeout=15)
-                if u.world_size >= n or time.monotonic() > deadline:
-                    break
-                time.sleep(0.005)
-            report(u)
-        elif cmd[0] == "failed":
-            deadline = time.monotonic() + float(cmd[1])
-            while not c.failed_peers() and time.monotonic() < deadline:
-                time.sleep(0.002)
-            out(event="failed", ids=c.failed_peers(), t=time.time())
-        elif cmd[0] == "leave":
-            c.leave()
-            out(event="left")
-            break
-    except Exception as e:
-        out(event="error", type=type(e).__name__, msg=str(e))
+import sys, time
+sys.path.insert(0, sys.argv[4])
+from ccl_driver import connect, out, serve
+c = connect()
+def failed(arg):
+    deadline = time.monotonic() + float(arg)
+    while not c.failed_peers() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    out(event="failed", ids=c.failed_peers(), t=time.time())
+serve(c, {"failed": failed})
 """
 
 
@@ -120,39 +96,47 @@ class PeerProc:
                 pass
 
 
-def start_world(masters, procs, peer_class, tmp_path, n, heartbeat_timeout=2.0, recv_timeout=15):
-    """A master and n peer processes of ``peer_class`` grown into one world of n (both
-    recorded in ``masters``/``procs`` for cleanup); (master, peers, their update events)."""
-    master = Master(secret=SECRET, heartbeat_timeout=heartbeat_timeout).start()
-    masters.append(master)
-    peers = [peer_class(master.address, tmp_path) for _ in range(n)]
-    procs.extend(peers)
-    for p in peers:
-        p.send(f"grow {n}")
-    ups = [p.recv(recv_timeout) for p in peers]
-    assert all(u["event"] == "update" and u["world"] == n for u in ups), ups
-    return master, peers, ups
+class Worlds:
+    """The masters and peer processes one test starts; close() stops them all."""
+
+    def __init__(self, tmp_path) -> None:
+        self.tmp_path, self.masters, self.procs = tmp_path, [], []
+
+    def start(self, make, n, heartbeat_timeout=2.0, recv_timeout=15):
+        """A master and n peers made by ``make(address, cwd)``, grown into one world
+        of n: (master, peers, their update events)."""
+        master = Master(secret=SECRET, heartbeat_timeout=heartbeat_timeout).start()
+        self.masters.append(master)
+        peers = [self.spawn(make, master) for _ in range(n)]
+        for p in peers:
+            p.send(f"grow {n}")
+        ups = [p.recv(recv_timeout) for p in peers]
+        assert all(u["event"] == "update" and u["world"] == n for u in ups), ups
+        return master, peers, ups
+
+    def spawn(self, make, master):
+        p = make(master.address, self.tmp_path)
+        self.procs.append(p)
+        return p
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.stop()
+        for m in self.masters:
+            m.stop()
 
 
 @pytest.fixture
 def cluster(tmp_path):
     """start(n) -> n peer processes joined into one world of n."""
-    masters, procs = [], []
+    worlds = Worlds(tmp_path)
 
     def start(n, heartbeat_timeout=2.0):
-        return start_world(masters, procs, PeerProc, tmp_path, n, heartbeat_timeout)
+        return worlds.start(PeerProc, n, heartbeat_timeout)
 
-    def spawn(master):
-        p = PeerProc(master.address, tmp_path)
-        procs.append(p)
-        return p
-
-    start.spawn = spawn
+    start.spawn = lambda master: worlds.spawn(PeerProc, master)
     yield start
-    for p in procs:
-        p.stop()
-    for m in masters:
-        m.stop()
+    worlds.close()
 
 
 def collective(peers, command="update 10"):

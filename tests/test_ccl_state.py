@@ -27,7 +27,7 @@ import pyhpc
 from pyhpc import _ccl
 from pyhpc.ccl import Communicator, Master, hash_array
 
-from test_ccl_procs import SECRET, PeerProc, start_world
+from test_ccl_procs import SECRET, PeerProc, Worlds
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -206,57 +206,34 @@ def digests(state: dict) -> dict:
 
 
 STATE_DRIVER = r"""
-import hashlib, json, sys, time
-import numpy as np
-from pyhpc.ccl import Communicator, PeerFailure, hash_array
+import json, sys
 sys.path.insert(0, sys.argv[4])
+from ccl_driver import connect, out, serve
+from pyhpc.ccl import PeerFailure, hash_array
 from test_ccl_state import make_array, digests
-addr, secret, hb = sys.argv[1], sys.argv[2], float(sys.argv[3])
-c = Communicator(addr, secret=secret, heartbeat_interval=hb).connect()
+c = connect()
 state = {}
-def out(**kw):
-    print(json.dumps(kw), flush=True)
-out(event="connected", id=c.id)
-for line in sys.stdin:
-    cmd = line.split(None, 1)
+def set_(arg):
+    global state
+    state = {k: make_array(v) for k, v in json.loads(arg).items()}
+    out(event="set")
+def sync(arg):
+    spec = json.loads(arg)
+    before = digests(state)
     try:
-        if cmd[0] == "grow":
-            n = int(cmd[1])
-            while True:
-                u = c.update_topology(timeout=15)
-                if u.world_size >= n:
-                    break
-            out(event="update", world=u.world_size, rank=u.rank, ids=[p.id for p in u.peers])
-        elif cmd[0] == "update":
-            u = c.update_topology(timeout=15)
-            out(event="update", world=u.world_size, rank=u.rank, dead=u.dead)
-        elif cmd[0] == "set":
-            state = {k: make_array(v) for k, v in json.loads(cmd[1]).items()}
-            out(event="set")
-        elif cmd[0] == "sync":
-            spec = json.loads(cmd[1])
-            before = digests(state)
-            try:
-                info = c.sync_shared_state(state, spec["revision"], timeout=spec.get("timeout", 30),
-                                           _serve_delay=spec.get("delay", 0.0))
-            except PeerFailure as e:
-                out(event="peer_failure", ids=e.peer_ids, msg=str(e),
-                    unchanged=digests(state) == before)
-                continue
-            except Exception as e:
-                out(event="error", type=type(e).__name__, msg=str(e),
-                    unchanged=digests(state) == before)
-                continue
-            out(event="synced", revision=info.revision, fetched=info.fetched,
-                received=info.bytes_received, sent=info.bytes_sent,
-                sources={k: v for k, v in info.sources.items()}, seconds=info.seconds,
-                digests=digests(state), hashes={k: hash_array(v) for k, v in state.items()})
-        elif cmd[0] == "leave":
-            c.leave()
-            out(event="left")
-            break
+        info = c.sync_shared_state(state, spec["revision"], timeout=spec.get("timeout", 30),
+                                   _serve_delay=spec.get("delay", 0.0))
+    except PeerFailure as e:
+        return out(event="peer_failure", ids=e.peer_ids, msg=str(e),
+                   unchanged=digests(state) == before)
     except Exception as e:
-        out(event="error", type=type(e).__name__, msg=str(e))
+        return out(event="error", type=type(e).__name__, msg=str(e),
+                   unchanged=digests(state) == before)
+    out(event="synced", revision=info.revision, fetched=info.fetched,
+        received=info.bytes_received, sent=info.bytes_sent,
+        sources={k: v for k, v in info.sources.items()}, seconds=info.seconds,
+        digests=digests(state), hashes={k: hash_array(v) for k, v in state.items()})
+serve(c, {"set": set_, "sync": sync})
 """
 
 
@@ -267,26 +244,17 @@ class StatePeer(PeerProc):
 @pytest.fixture
 def world(tmp_path):
     """world(n) -> (master, peers in rank order); world.spawn(master) -> a new peer."""
-    masters, procs = [], []
+    worlds = Worlds(tmp_path)
 
     def start(n, heartbeat_timeout=2.0):
-        master, peers, ups = start_world(masters, procs, StatePeer, tmp_path, n,
-                                         heartbeat_timeout, recv_timeout=20)
+        master, peers, ups = worlds.start(StatePeer, n, heartbeat_timeout, recv_timeout=20)
         for p, u in zip(peers, ups):
             p.rank = u["rank"]
         return master, sorted(peers, key=lambda p: p.rank)
 
-    def spawn(master):
-        p = StatePeer(master.address, tmp_path)
-        procs.append(p)
-        return p
-
-    start.spawn = spawn
+    start.spawn = lambda master: worlds.spawn(StatePeer, master)
     yield start
-    for p in procs:
-        p.stop()
-    for m in masters:
-        m.stop()
+    worlds.close()
 
 
 def set_state(peer, spec: dict) -> None:

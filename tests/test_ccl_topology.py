@@ -35,7 +35,7 @@ from pyhpc import _ccl
 from pyhpc.ccl import Communicator, Master
 
 from test_ccl import frame
-from test_ccl_procs import SECRET, PeerProc, start_world
+from test_ccl_procs import SECRET, PeerProc, Worlds
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -227,58 +227,37 @@ def test_bad_arguments_name_what_is_wrong():
 TOPO_DRIVER = r"""
 import json, sys, time
 import numpy as np
-from pyhpc.ccl import Communicator, PeerFailure
-addr, secret, hb, adv = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[5]
-c = Communicator(addr, secret=secret, heartbeat_interval=hb, advertise_host=adv).connect()
-def out(**kw):
-    print(json.dumps(kw), flush=True)
+sys.path.insert(0, sys.argv[4])
+from ccl_driver import connect, out, serve
+from pyhpc.ccl import PeerFailure
+c = connect(advertise_host=sys.argv[5])
 def where():
     return dict(rank=c.rank, world=c.world_size, ids=[p.id for p in c.peers])
-out(event="connected", id=c.id)
-for line in sys.stdin:
-    cmd = line.split(None, 1)
+def optimize(arg):
+    spec = json.loads(arg)
     try:
-        if cmd[0] == "grow":
-            n = int(cmd[1])
-            while True:
-                u = c.update_topology(timeout=15)
-                if u.world_size >= n:
-                    break
-            out(event="update", **where())
-        elif cmd[0] == "update":
-            u = c.update_topology(timeout=15)
-            out(event="update", dead=u.dead, **where())
-        elif cmd[0] == "optimize":
-            spec = json.loads(cmd[1])
-            try:
-                r = c.optimize_topology(timeout=spec.get("timeout", 30),
-                                        probe_bytes=spec.get("probe_bytes", 1 << 20),
-                                        _exit_in_round=spec.get("exit_in_round", -1))
-            except PeerFailure as e:
-                out(event="peer_failure", ids=e.peer_ids, msg=str(e), t=time.time())
-                continue
-            out(event="optimized", order=r.order, ids_matrix=r.ids,
-                bandwidth=r.bandwidth.tolist(), latency=r.latency.tolist(),
-                before=r.slowest_before, after=r.slowest_after, seconds=r.seconds, **where())
-        elif cmd[0] == "allreduce":
-            spec = json.loads(cmd[1])
-            n = spec["count"]
-            ids = [p.id for p in c.peers]
-            times = []
-            for rep in range(spec.get("reps", 1)):
-                x = np.arange(n, dtype=np.float64) + c.id
-                t0 = time.perf_counter()
-                c.all_reduce(x, timeout=spec.get("timeout", 30))
-                times.append(time.perf_counter() - t0)
-                want = np.arange(n, dtype=np.float64) * len(ids) + sum(ids)
-                exact = bool(np.array_equal(x, want))
-            out(event="reduced", exact=exact, times=times, **where())
-        elif cmd[0] == "leave":
-            c.leave()
-            out(event="left")
-            break
-    except Exception as e:
-        out(event="error", type=type(e).__name__, msg=str(e))
+        r = c.optimize_topology(timeout=spec.get("timeout", 30),
+                                probe_bytes=spec.get("probe_bytes", 1 << 20),
+                                _exit_in_round=spec.get("exit_in_round", -1))
+    except PeerFailure as e:
+        return out(event="peer_failure", ids=e.peer_ids, msg=str(e), t=time.time())
+    out(event="optimized", order=r.order, ids_matrix=r.ids,
+        bandwidth=r.bandwidth.tolist(), latency=r.latency.tolist(),
+        before=r.slowest_before, after=r.slowest_after, seconds=r.seconds, **where())
+def allreduce(arg):
+    spec = json.loads(arg)
+    n = spec["count"]
+    ids = [p.id for p in c.peers]
+    times = []
+    for rep in range(spec.get("reps", 1)):
+        x = np.arange(n, dtype=np.float64) + c.id
+        t0 = time.perf_counter()
+        c.all_reduce(x, timeout=spec.get("timeout", 30))
+        times.append(time.perf_counter() - t0)
+        want = np.arange(n, dtype=np.float64) * len(ids) + sum(ids)
+        exact = bool(np.array_equal(x, want))
+    out(event="reduced", exact=exact, times=times, **where())
+serve(c, {"optimize": optimize, "allreduce": allreduce})
 """
 
 
@@ -293,18 +272,14 @@ class TopoPeer(PeerProc):
 @pytest.fixture
 def world(tmp_path):
     """world(n) -> (master, peers in rank order)."""
-    masters, procs = [], []
+    worlds = Worlds(tmp_path)
 
     def start(n, heartbeat_timeout=2.0):
-        master, peers, ups = start_world(masters, procs, TopoPeer, tmp_path, n,
-                                         heartbeat_timeout, recv_timeout=20)
+        master, peers, ups = worlds.start(TopoPeer, n, heartbeat_timeout, recv_timeout=20)
         return master, sorted(peers, key=lambda p: ups[0]["ids"].index(p.id))
 
     yield start
-    for p in procs:
-        p.stop()
-    for m in masters:
-        m.stop()
+    worlds.close()
 
 
 def optimize(peers, **spec):
