@@ -14,7 +14,6 @@ Needs root and iproute2 (`ip netns`); skipped elsewhere.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 
@@ -22,22 +21,11 @@ import pytest
 
 from ccl_loop_peer import Proc, peer_argv
 from pyhpc.ccl import Master
+from test_ccl_procs import netns_unavailable
 
 pytestmark = pytest.mark.timeout(90)
 
 SECRET = "partition-secret"
-
-def _can_make_netns() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root for network namespaces"
-    if shutil.which("ip") is None:
-        return "needs iproute2 (ip)"
-    name = f"pyhpc-p{os.getpid()}"
-    r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if r.returncode != 0:
-        return f"ip netns add failed: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", name], capture_output=True)
-    return None
 
 
 class Netns:
@@ -68,7 +56,7 @@ class Netns:
 
 @pytest.fixture
 def netns():
-    why = _can_make_netns()
+    why = netns_unavailable()
     if why:
         pytest.skip(why)
     ns = Netns()

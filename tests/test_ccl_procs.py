@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,6 +95,22 @@ class PeerProc:
                 f.close()
             except OSError:
                 pass
+
+
+def netns_unavailable(*tools: str) -> str | None:
+    """Why this test cannot make network namespaces here (None: it can); ``tools``:
+    further iproute2 commands it needs (``tc``)."""
+    if os.geteuid() != 0:
+        return "needs root for network namespaces"
+    missing = [t for t in ("ip", *tools) if shutil.which(t) is None]
+    if missing:
+        return f"needs iproute2 ({', '.join(missing)})"
+    name = f"pyhpc-probe{os.getpid()}"
+    r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"ip netns add failed: {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return None
 
 
 class Worlds:

@@ -20,7 +20,6 @@ import itertools
 import json
 import os
 import random
-import shutil
 import signal
 import struct
 import subprocess
@@ -35,7 +34,7 @@ from pyhpc import _ccl
 from pyhpc.ccl import Communicator, Master
 
 from test_ccl import frame
-from test_ccl_procs import SECRET, PeerProc, Worlds
+from test_ccl_procs import SECRET, PeerProc, Worlds, netns_unavailable
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -403,19 +402,6 @@ def test_signal_mid_measurement_every_survivor_raises_naming_it(world, sig):
 
 # ---- shaped links: 4 network namespaces on a bridge -----------------------------------
 
-def _netns_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root for network namespaces"
-    if shutil.which("ip") is None or shutil.which("tc") is None:
-        return "needs iproute2 (ip, tc)"
-    name = f"pyhpc-tq{os.getpid()}"
-    r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if r.returncode != 0:
-        return f"ip netns add failed: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", name], capture_output=True)
-    return None
-
-
 class Bridge:
     """n namespaces, each with a veth into one bridge here: here .254, ns k .k+1 of a /24.
     slow(a, b, rate): traffic between namespaces a and b (both ways) is capped at rate."""
@@ -472,7 +458,7 @@ class Bridge:
 
 @pytest.fixture
 def bridge():
-    why = _netns_unavailable()
+    why = netns_unavailable("tc")
     if why:
         pytest.skip(why)
     br = Bridge(4)
