@@ -49,7 +49,7 @@ while time.monotonic() < end:
         u = c.update_topology()
         c.all_reduce(buf, out=res)
     except PeerFailure as e:
-        out(event="failure", ids=e.peer_ids)
+        out(event="failure", ids=e.peer_ids, msg=str(e)[:300])
         continue
     except Error as e:
         out(event="lost", type=type(e).__name__, msg=str(e)[:200],

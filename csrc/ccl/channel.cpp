@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <thread>
 
 #include "ccl/xxhash.hpp"
 
@@ -155,6 +156,19 @@ std::vector<uint64_t> failed_members(const Peer& peer, const Topology& t) {
   for (uint64_t id : peer.peek_failures())
     if (member(t, id) && std::find(out.begin(), out.end(), id) == out.end()) out.push_back(id);
   return out;
+}
+
+std::vector<uint64_t> blame(const Peer& peer, const Topology& t,
+                            const std::vector<uint64_t>& suspects, Clock::time_point deadline) {
+  auto grace = std::min(after(kFailureGrace), std::max(deadline, Clock::now()));
+  std::vector<uint64_t> f = failed_members(peer, t);
+  while (f.empty() && Clock::now() < grace) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    f = failed_members(peer, t);
+  }
+  if (!f.empty()) return f;
+  if (peer.health() != PYHPC_OK) return {};
+  return suspects;
 }
 
 

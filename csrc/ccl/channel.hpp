@@ -88,4 +88,14 @@ bool member(const Topology& t, uint64_t id);
 // Members of `t` the master reported failed (not cleared).
 std::vector<uint64_t> failed_members(const Peer& peer, const Topology& t);
 
+// Who failed, once this peer lost a data connection to `suspects`: the
+// members the master reports failed, waiting up to kFailureGrace (not past
+// `deadline`) for its notices (a killed peer is reported within
+// milliseconds); else `suspects`. Empty when no notice came and the master
+// itself is gone (last_error() then says why): a neighbour that lost the
+// master too and closed its connections is not to blame.
+constexpr double kFailureGrace = 0.5;
+std::vector<uint64_t> blame(const Peer& peer, const Topology& t,
+                            const std::vector<uint64_t>& suspects, Clock::time_point deadline);
+
 }  // namespace pyhpc::ccl

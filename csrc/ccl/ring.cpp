@@ -697,9 +697,13 @@ pyhpc_status DataPlane::setup(Peer& peer, Channel& ch, const Topology& t, uint32
   ch.left_id = left.id;
   ch.right_id = right.id;
   auto fail_peer = [&](uint64_t who, const char* what) {
-    std::vector<uint64_t> f = failed_members(peer, t);
-    *failed = f.empty() ? std::vector<uint64_t>{who} : f;
     std::string why = last_error();
+    *failed = blame(peer, t, {who}, deadline);
+    if (failed->empty()) {
+      std::string lost = last_error();
+      return PYHPC_FAIL(PYHPC_ERR_PEER, "data plane: %s peer %llu: %s; lost the master: %s", what,
+                        static_cast<unsigned long long>(who), why.c_str(), lost.c_str());
+    }
     return PYHPC_FAIL(PYHPC_ERR_PEER, "data plane: %s peer %llu: %s", what,
                       static_cast<unsigned long long>(who), why.c_str());
   };
@@ -827,22 +831,14 @@ pyhpc_status DataPlane::all_reduce(Peer& peer, const AllReduceArgs& a,
   }
   const uint64_t seq = ++ch.seq;
 
-  // Names who failed: the master's notices if any arrive within a short grace
-  // (a killed peer is reported within milliseconds), else `suspect`.
+  // Names who failed (blame(): the master's notices, else `suspect`).
   auto peer_failure = [&](uint64_t suspect, const std::string& why) {
-    auto grace = std::min(after(0.5), deadline > Clock::now() ? deadline : Clock::now());
-    std::vector<uint64_t> f = failed_members(peer, t);
-    while (f.empty() && Clock::now() < grace) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-      f = failed_members(peer, t);
-    }
-    if (f.empty() && peer.health() != PYHPC_OK) {  // no master to say who: not a peer's fault
+    *failed = blame(peer, t, {suspect}, deadline);
+    if (failed->empty()) {  // no master to say who: not a peer's fault
       std::string lost = last_error();
-      failed->clear();
       return abort(PYHPC_FAIL(PYHPC_ERR_PEER, "all_reduce (tag %u) aborted: %s; lost the master: %s",
                               unsigned(a.tag), why.c_str(), lost.c_str()));
     }
-    *failed = f.empty() ? std::vector<uint64_t>{suspect} : f;
     (void)peer.vote(t.epoch, a.tag, seq, Vote::kNo);  // best effort: YES voters abort at once
     clear_last_error();
     return abort(PYHPC_FAIL(PYHPC_ERR_PEER, "all_reduce (tag %u) aborted: %s", unsigned(a.tag),

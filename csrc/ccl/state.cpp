@@ -39,7 +39,6 @@
 namespace pyhpc::ccl {
 namespace {
 
-constexpr double kFailureGrace = 0.5;  // s to wait for the master's word on a broken source
 constexpr size_t kRequestFrame = kHeaderSize + kStateRequestSize;
 constexpr size_t kDataHeader = kHeaderSize + kStateSubHeader;
 
@@ -159,13 +158,13 @@ pyhpc_status DataPlane::sync_round(Peer& peer, const SyncArgs& a, const Topology
   auto aborted = [&](std::vector<uint64_t> dead, std::vector<uint64_t> suspects,
                      const std::string& why) {
     for (uint64_t id : failed_members(peer, t)) add_unique(&dead, id);
-    auto grace = std::min(after(kFailureGrace), std::max(deadline, Clock::now()));
-    while (dead.empty() && Clock::now() < grace) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-      for (uint64_t id : failed_members(peer, t)) add_unique(&dead, id);
-    }
-    if (dead.empty()) dead = suspects;
+    if (dead.empty()) dead = blame(peer, t, suspects, deadline);
     *failed = dead;
+    if (dead.empty()) {  // no master to say who: not a peer's fault
+      std::string lost = last_error();
+      return PYHPC_FAIL(PYHPC_ERR_PEER, "sync_shared_state aborted: %s; lost the master: %s; no "
+                        "array was changed", why.c_str(), lost.c_str());
+    }
     return PYHPC_FAIL(PYHPC_ERR_PEER, "sync_shared_state aborted: %s; no array was changed",
                       why.c_str());
   };

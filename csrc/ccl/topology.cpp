@@ -25,7 +25,6 @@
 namespace pyhpc::ccl {
 namespace {
 
-constexpr double kFailureGrace = 0.5;  // s to wait for the master's word on a broken partner
 constexpr uint64_t kMaxProbeBytes = uint64_t(1) << 30;
 
 using Interrupted = std::function<bool()>;
@@ -201,9 +200,12 @@ pyhpc_status DataPlane::probe_round(Peer& peer, const ProbeArgs& a, const Topolo
   };
   // This peer gives up (a broken partner, the deadline): the round aborts for all.
   auto give_up = [&](uint64_t suspect, const std::string& why) {
-    auto grace = std::min(after(kFailureGrace), std::max(deadline, Clock::now()));
-    while (failed_members(peer, t).empty() && Clock::now() < grace)
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    if (blame(peer, t, {suspect}, deadline).empty()) {  // no master to say who: not a peer's fault
+      std::string lost = last_error();
+      failed->clear();
+      return PYHPC_FAIL(PYHPC_ERR_PEER, "optimize_topology aborted: %s; lost the master: %s",
+                        why.c_str(), lost.c_str());
+    }
     Message res;
     std::vector<uint64_t> dead;
     if (report_and_wait(false, &res) == PYHPC_OK && res.vote == uint8_t(TopoOutcome::kAbort))
