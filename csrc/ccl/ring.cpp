@@ -115,10 +115,15 @@ inline T combine(T a, T b) {
   }
 }
 
-// dst[i] = incoming[i] (op) own[i]; `own` may be `dst`. One loop per (type,
-// op) with no branch inside, so the compiler vectorises it.
+// dst[i] = incoming[i] (op) own[i]; `own` may be `dst` (exactly: in place),
+// else neither overlaps the other. One loop per (type, op) with no branch
+// inside, kept out of all_reduce and told there is no dependence between
+// iterations (ivdep: true for dst == own too), so the compiler vectorises it:
+// inlined into all_reduce it stayed scalar (perf: addss, 2.5x gloo's sum).
 template <typename T, ReduceOp Op>
-void reduce_loop(T* dst, const T* __restrict incoming, const T* own, size_t n) {
+__attribute__((noinline)) void reduce_loop(T* dst, const T* __restrict incoming, const T* own,
+                                           size_t n) {
+#pragma GCC ivdep
   for (size_t i = 0; i < n; ++i) dst[i] = combine<T, Op>(incoming[i], own[i]);
 }
 
